@@ -1,0 +1,379 @@
+"""One typed config for every job, loaded from presets, YAML/JSON files and ``key=value`` overrides.
+
+The config is passed down explicitly; nothing reads global state. Every run saves the resolved config beside its
+checkpoints so that a run can be reproduced and resumed from its folder alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which knowledge graph and how entity and query text is built (method.md 1.2)."""
+
+    dataset: str = "wn18rr"
+    max_tokens: int = 50
+    use_neighbors: bool = True
+    neighbor_min_words: int = 20  # descriptions with fewer words get neighbour names appended
+    max_neighbors: int = 10
+    train_limit: int | None = None  # keep only the first N training triples (tests, smoke runs)
+    valid_limit: int | None = 1024  # validation examples used for periodic in-batch validation
+    cache_dir: str | None = None  # tokenisation cache; default ~/.cache/kgdistill
+
+
+@dataclass
+class ModelConfig:
+    """The PLM and how the bi-encoder is built from it."""
+
+    plm: str = "default"  # 'default' (packaged all-MiniLM-L6-v2) or a local Hugging Face folder
+    pooling: str = "mean"  # mean | cls
+    num_layers: int | None = None  # None: the PLM's depth; fewer builds a student from a layer map
+    layer_map: list[int] | None = None  # explicit source layers; None: spread evenly (paper lists for 12 layers)
+    init_from: str = "plm"  # plm (released PMD code) | teacher (the teacher's fine-tuned layers)
+
+
+@dataclass
+class LossConfig:
+    """SimKGC's InfoNCE with additive margin and its three kinds of negatives (method.md 1.4-1.6)."""
+
+    margin: float = 0.02
+    init_temperature: float = 0.05
+    learnable_temperature: bool = True
+    max_inv_temperature: float = 100.0  # 1/tau is clamped to [1, this]; SimKGC has no clamp
+    pre_batch: int = 0  # number of previous batches used as negatives
+    pre_batch_weight: float = 0.5
+    self_negative: bool = True
+    tail_to_query_loss: bool = True  # the transposed in-batch CE term of SimKGC
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the run's bookkeeping."""
+
+    batch_size: int = 64
+    lr: float = 5e-5
+    weight_decay: float = 1e-4
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    warmup_steps: int = 400  # SimKGC: min(400, total_steps // 10)
+    grad_clip: float = 10.0
+    precision: str = "auto"  # auto (bf16 on CPU and CUDA when supported) | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int | None = None  # torch intra-op threads; None: all cores
+    log_every: int = 10
+    validate_every: int | None = None  # steps between validations; None: once per epoch
+    checkpoint_every: int = 200  # steps between 'last' checkpoints (also written at the end of each epoch)
+    skip_nonfinite: bool = False  # skip a batch whose loss is NaN/inf instead of stopping (counted)
+    gradient_cache_chunk: int | None = None  # encode in chunks of this size to fit large batches in small memory
+
+
+@dataclass
+class EvalConfig:
+    """Filtered ranking over all entities in both directions (method.md 1.8)."""
+
+    split: str = "test"
+    batch_size: int = 256
+    query_chunk: int = 1024  # queries scored against all entities at once; bounds memory
+    rerank_weight: float = 0.05
+    rerank_hops: int | None = None  # None: 5 for WN18RR, 2 otherwise (SimKGC)
+    rerank_max_nodes: int = 100_000
+    tie_policy: str = "realistic"  # optimistic | realistic | pessimistic
+    max_queries: int | None = None  # evaluate only the first N triples of the split (quick runs say so)
+    checkpoint: str = "last"  # last | best
+    dump_predictions: bool = False
+
+
+@dataclass
+class GradeConfig:
+    """One rung of the progressive ladder."""
+
+    layers: int
+    mask_rate: float
+    steps: int | None = None  # None: the ladder's default budget
+    lr: float | None = None  # None: train.lr
+
+
+@dataclass
+class DistillConfig:
+    """PMD (method.md 2, 3, 6): loss weights, MGFD form and the grade ladder."""
+
+    alpha: float = 0.1  # weight of L_SCORE
+    beta: float = 0.1  # weight of L_MGFD
+    score_loss: str = "mse"  # mse (paper Eq. 5) | kl
+    score_on: str = "cosine"  # cosine (paper Eq. 5) | logits (released code: temperature-scaled, masked)
+    kl_temperature: float = 1.0
+    mgfd: str = "generative"  # generative (paper: per-token generation head) | pooled (released code)
+    generation_hidden: int | None = None  # hidden size of the generation head; None: the teacher's
+    student_input: str = "masked"  # masked (code and paper) | clean (student sees unmasked text for L_CE/L_SCORE)
+    teacher_margin: bool = False  # released code builds teacher logits in eval mode (no margin)
+    pre_mask_rate: float = 0.2  # pre-distillation (same depth)
+    grades: list[GradeConfig] = field(default_factory=list)  # empty: scaled from the PLM depth (paper ratios)
+    stage_steps: int | None = None  # default budget per stage; None: train.max_steps / train.epochs
+    ablation: str = "none"  # none | direct | no-mgfd | fixed-mask | logit-only
+    fixed_mask_rate: float = 0.2  # for the fixed-mask ablation
+
+
+@dataclass
+class RunConfig:
+    """Everything a job needs."""
+
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# Presets: 'quick' fits two CPU cores (about 20 minutes for a teacher including a test evaluation);
+# 'paper' is SimKGC's released WN18RR script (method.md 1.7) and PMD's distillation settings, for a GPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "train": {"batch_size": 128, "lr": 1e-4, "max_steps": 180, "warmup_steps": 20, "checkpoint_every": 60},
+        "data": {"valid_limit": 512},
+        "distill": {"stage_steps": 120},
+    },
+    "paper": {
+        "train": {"batch_size": 1024, "lr": 5e-5, "epochs": 50, "max_steps": None, "warmup_steps": 400,
+                  "checkpoint_every": 500},
+        "data": {"valid_limit": None},
+        "distill": {"stage_steps": None},
+    },
+}
+
+_CHOICES = {
+    "model.pooling": {"mean", "cls"},
+    "model.init_from": {"plm", "teacher"},
+    "train.precision": {"auto", "bf16", "fp32"},
+    "train.device": {"auto", "cpu", "cuda"},
+    "eval.split": {"train", "valid", "test"},
+    "eval.tie_policy": {"optimistic", "realistic", "pessimistic"},
+    "eval.checkpoint": {"last", "best"},
+    "distill.score_loss": {"mse", "kl"},
+    "distill.score_on": {"cosine", "logits"},
+    "distill.mgfd": {"generative", "pooled"},
+    "distill.student_input": {"masked", "clean"},
+    "distill.ablation": {"none", "direct", "no-mgfd", "fixed-mask", "logit-only"},
+}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a dataclass field type, converting what is safe (int -> float, dict -> dataclass)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {**vars(typing), **globals()})  # resolve postponed annotations of this module
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(annotation, type) and isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return _build(annotation, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in fields:
+            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(fields))})")
+        kwargs[name] = _coerce(value, fields[name].type, key)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-4", "loss.self_negative=false"]`` into a nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and raw.strip().lower() in {"none", "null"}:
+            value = None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections (data, model, train, ...)")
+    return data
+
+
+def build_config(preset: str | None = "quick", file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                 **sections: Any) -> RunConfig:
+    """Resolve a config: defaults < preset < file < overrides < keyword sections; then validate."""
+    values: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+        values = _merge(values, PRESETS[preset])
+    if file:
+        values = _merge(values, load_config_file(file))
+    if overrides:
+        values = _merge(values, overrides)
+    for name, value in sections.items():
+        if value is not None:
+            values = _merge(values, {name: value})
+    config = _build(RunConfig, values)
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    config = _build(RunConfig, values)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Range and consistency checks; each failure names the key."""
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {sorted(allowed)}")
+
+    def positive(key: str, value: float | None, allow_zero: bool = False) -> None:
+        if value is None:
+            return
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"config key '{key}': must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+    positive("data.max_tokens", config.data.max_tokens)
+    positive("data.max_neighbors", config.data.max_neighbors, allow_zero=True)
+    positive("data.train_limit", config.data.train_limit)
+    positive("data.valid_limit", config.data.valid_limit)
+    positive("model.num_layers", config.model.num_layers)
+    positive("loss.margin", config.loss.margin, allow_zero=True)
+    positive("loss.init_temperature", config.loss.init_temperature)
+    positive("loss.pre_batch", config.loss.pre_batch, allow_zero=True)
+    positive("loss.pre_batch_weight", config.loss.pre_batch_weight, allow_zero=True)
+    if config.loss.max_inv_temperature < 1 or 1 / config.loss.init_temperature > config.loss.max_inv_temperature:
+        raise ConfigError("config key 'loss.max_inv_temperature': must be >= 1 and >= 1/loss.init_temperature")
+    positive("train.batch_size", config.train.batch_size)
+    if config.train.batch_size < 2:
+        raise ConfigError("config key 'train.batch_size': contrastive training needs at least 2 examples a batch")
+    positive("train.lr", config.train.lr)
+    positive("train.weight_decay", config.train.weight_decay, allow_zero=True)
+    positive("train.epochs", config.train.epochs)
+    positive("train.max_steps", config.train.max_steps)
+    positive("train.warmup_steps", config.train.warmup_steps, allow_zero=True)
+    positive("train.grad_clip", config.train.grad_clip)
+    positive("train.num_threads", config.train.num_threads)
+    positive("train.log_every", config.train.log_every)
+    positive("train.validate_every", config.train.validate_every)
+    positive("train.checkpoint_every", config.train.checkpoint_every)
+    positive("train.gradient_cache_chunk", config.train.gradient_cache_chunk)
+    positive("eval.batch_size", config.eval.batch_size)
+    positive("eval.query_chunk", config.eval.query_chunk)
+    positive("eval.rerank_weight", config.eval.rerank_weight, allow_zero=True)
+    positive("eval.rerank_hops", config.eval.rerank_hops, allow_zero=True)
+    positive("eval.max_queries", config.eval.max_queries)
+    d = config.distill
+    for key in ("alpha", "beta"):
+        value = getattr(d, key)
+        if not 0 <= value <= 1:
+            raise ConfigError(f"config key 'distill.{key}': must be in [0, 1], got {value}")
+    if d.alpha + d.beta > 1:
+        raise ConfigError(f"config keys 'distill.alpha' + 'distill.beta' must be <= 1 (the CE weight is 1-alpha-beta), "
+                          f"got {d.alpha} + {d.beta}")
+    positive("distill.kl_temperature", d.kl_temperature)
+    positive("distill.stage_steps", d.stage_steps)
+    for key, rate in (("distill.pre_mask_rate", d.pre_mask_rate), ("distill.fixed_mask_rate", d.fixed_mask_rate)):
+        if not 0 <= rate < 1:
+            raise ConfigError(f"config key '{key}': a mask rate must be in [0, 1), got {rate}")
+    previous = None
+    for i, grade in enumerate(d.grades):
+        if grade.layers < 1:
+            raise ConfigError(f"config key 'distill.grades[{i}].layers': must be >= 1, got {grade.layers}")
+        if not 0 <= grade.mask_rate < 1:
+            raise ConfigError(f"config key 'distill.grades[{i}].mask_rate': must be in [0, 1), got {grade.mask_rate}")
+        if previous is not None and grade.layers > previous:
+            raise ConfigError(f"config key 'distill.grades[{i}].layers': a student ({grade.layers} layers) cannot be "
+                              f"deeper than its teacher (grade {i - 1}, {previous} layers)")
+        positive(f"distill.grades[{i}].steps", grade.steps)
+        positive(f"distill.grades[{i}].lr", grade.lr)
+        previous = grade.layers
+    if config.model.layer_map is not None:
+        if config.model.num_layers is not None and len(config.model.layer_map) != config.model.num_layers:
+            raise ConfigError(f"config key 'model.layer_map': {len(config.model.layer_map)} layers listed but "
+                              f"model.num_layers is {config.model.num_layers}")

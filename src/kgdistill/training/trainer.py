@@ -1,0 +1,228 @@
+"""The training loop shared by the teacher and every distillation stage.
+
+An *objective* is an ``nn.Module`` holding the model being trained (``objective.model``) and whatever else its loss
+needs (a frozen teacher, a generation head, a pre-batch queue); ``objective(batch)`` returns the loss and a dict of
+numbers to log. The trainer owns optimisation, precision, progress, validation, checkpoints and resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..data.batching import ExampleSet
+from ..errors import CheckpointError, KGDistillError
+from ..evaluation.ranking import autocast
+from ..io import atomic_write_json, environment_info, recover_dir
+from .checkpoint import load_training_state, save_training_state
+
+LAST, BEST = "checkpoint-last", "checkpoint-best"
+
+
+class NonFiniteLossError(KGDistillError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise KGDistillError("config key 'train.device': cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Every step draws dropout and masks from its own seed, so a resumed run repeats an uninterrupted one."""
+    return (seed * 1_000_003 + step * 7919) % (2**63 - 1)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    samples_per_second: float
+    final_loss: float
+    best_valid: float | None
+    skipped_batches: int
+
+
+class Trainer:
+    def __init__(self, run_dir: str | Path, config: RunConfig, objective, train_set: ExampleSet,
+                 valid_set: ExampleSet | None, tokenizer, total_steps: int | None = None, lr: float | None = None,
+                 progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.objective = objective
+        self.train_set = train_set
+        self.valid_set = valid_set
+        self.tokenizer = tokenizer
+        self.progress = progress
+        tc = config.train
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        self.device = pick_device(tc.device)
+        self.objective.to(self.device)
+        self.batch_size = tc.batch_size
+        self.steps_per_epoch = len(train_set) // tc.batch_size
+        if self.steps_per_epoch == 0:
+            raise KGDistillError(f"config key 'train.batch_size': {tc.batch_size} is larger than the "
+                                 f"{len(train_set)} training examples")
+        self.total_steps = total_steps or tc.max_steps or math.ceil(tc.epochs * self.steps_per_epoch)
+        params = [p for p in objective.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=lr or tc.lr, weight_decay=tc.weight_decay, foreach=True)
+        warmup = min(tc.warmup_steps, max(self.total_steps // 10, 1)) if tc.warmup_steps else 0
+
+        def schedule(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.step = 0
+        self.best_valid: float | None = None
+        self.skipped = 0
+
+    # ------------------------------------------------------------------ data order
+    def _rows(self, step: int) -> np.ndarray:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_set))
+        return perm[index * self.batch_size:(index + 1) * self.batch_size]
+
+    # ------------------------------------------------------------------ checkpoints
+    def _objective_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.objective.state_dict().items()
+                if not k.startswith(("model.", "teacher."))}
+
+    def save(self, name: str = LAST) -> None:
+        progress = {"step": self.step, "best_valid": self.best_valid, "skipped": self.skipped,
+                    "total_steps": self.total_steps}
+
+        def extra(folder: Path) -> None:
+            save_training_state(folder, self.optimizer, self.scheduler, self._objective_state(), progress)
+
+        self.objective.model.save(self.run_dir / name, self.tokenizer,
+                                  extra=extra if name == LAST else None)
+
+    def resume(self) -> bool:
+        """Restore the last checkpoint if there is one; returns whether training resumed."""
+        folder = recover_dir(self.run_dir / LAST)
+        if not folder.exists():
+            return False
+        from ..models.biencoder import BiEncoder
+
+        saved = BiEncoder.load(folder)
+        self.objective.model.load_state_dict(saved.state_dict())
+        objective_state, progress = load_training_state(folder, self.optimizer, self.scheduler)
+        missing, unexpected = self.objective.load_state_dict(objective_state, strict=False)
+        missing = [k for k in missing if not k.startswith(("model.", "teacher."))]
+        if missing or unexpected:
+            raise CheckpointError(f"{folder}: training state does not match this run (missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]})")
+        if progress.get("total_steps") != self.total_steps:
+            raise CheckpointError(f"{folder}: saved for {progress.get('total_steps')} steps but this run has "
+                                  f"{self.total_steps}; resume with the same config")
+        self.step = int(progress["step"])
+        self.best_valid = progress["best_valid"]
+        self.skipped = int(progress["skipped"])
+        return True
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """SimKGC's cheap check: loss and in-batch accuracy on validation queries (eval mode: no margin)."""
+        if self.valid_set is None or len(self.valid_set) < 2:
+            return {}
+        self.objective.eval()
+        losses, hits1, n = [], 0, 0
+        bs = self.batch_size
+        for start in range(0, len(self.valid_set) - 1, bs):
+            rows = np.arange(start, min(start + bs, len(self.valid_set)))
+            if len(rows) < 2:
+                break
+            batch = self.valid_set.batch(rows, with_heads=False).to(self.device)
+            with autocast(self.device, self.config.train.precision):
+                loss, logits = self.objective.validation_loss(batch)
+            losses.append(float(loss))
+            hits1 += int((logits.argmax(1).cpu() == torch.arange(len(rows))).sum())
+            n += len(rows)
+        self.objective.train()
+        return {"valid_loss": float(np.mean(losses)), "valid_acc@1": hits1 / max(n, 1)}
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> TrainResult:
+        tc = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.run_dir / "train_log.jsonl"
+        self.objective.train()
+        validate_every = tc.validate_every or self.steps_per_epoch
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
+                   dynamic_ncols=True)
+        start_time, start_step, last_loss, window = time.perf_counter(), self.step, float("nan"), []
+        with open(log_path, "a", encoding="utf-8") as log:
+            while self.step < self.total_steps:
+                torch.manual_seed(step_seed(self.config.seed, self.step))
+                batch = self.train_set.batch(self._rows(self.step), with_heads=self.objective.needs_heads)
+                t0 = time.perf_counter()
+                with autocast(self.device, tc.precision):
+                    loss, logs = self.objective(batch.to(self.device), step=self.step)
+                if not torch.isfinite(loss):
+                    if not tc.skip_nonfinite:
+                        bar.close()
+                        raise NonFiniteLossError(
+                            f"non-finite loss ({float(loss)}) at step {self.step}; last good checkpoint kept in "
+                            f"{self.run_dir / LAST} (lower train.lr or set train.skip_nonfinite=true)")
+                    self.skipped += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        [p for p in self.objective.parameters() if p.requires_grad], tc.grad_clip)
+                    self.optimizer.step()
+                    logs["grad_norm"] = float(grad_norm)
+                self.scheduler.step()
+                self.step += 1
+                last_loss = float(loss.detach())
+                window.append(time.perf_counter() - t0)
+                if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                    rate = len(batch) * len(window) / max(sum(window), 1e-9)
+                    window = []
+                    record = {"step": self.step, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0],
+                              "samples_per_s": rate, "inv_t": float(self.objective.model.inv_temperature()), **logs}
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{last_loss:.3f}", sps=f"{rate:.0f}")
+                if self.step % validate_every == 0 or self.step == self.total_steps:
+                    metrics = self.validate()
+                    if metrics:
+                        log.write(json.dumps({"step": self.step, **metrics}) + "\n")
+                        log.flush()
+                        if self.best_valid is None or metrics["valid_acc@1"] > self.best_valid:
+                            self.best_valid = metrics["valid_acc@1"]
+                            self.save(BEST)
+                if self.step % tc.checkpoint_every == 0 or self.step == self.total_steps:
+                    self.save(LAST)
+                bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - start_time
+        done = self.step - start_step
+        result = TrainResult(self.step, seconds, done * self.batch_size / max(seconds, 1e-9), last_loss,
+                             self.best_valid, self.skipped)
+        atomic_write_json(self.run_dir / "train_summary.json", result.__dict__)
+        return result
+
+
+def write_run_info(run_dir: Path, config: RunConfig, extra: dict | None = None) -> None:
+    """Resolved config, seed, versions and the command beside the checkpoints."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.yaml")
+    atomic_write_json(run_dir / "run.json", {"seed": config.seed, "versions": environment_info(),
+                                            "pid": os.getpid(), **(extra or {})})
