@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/pipeline")
     p.add_argument("--teacher", help="reuse a trained teacher run instead of training one")
     p.set_defaults(func=cmd_pipeline)
+
+    from .inference.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -196,7 +196,7 @@ class Trainer:
                     rate = len(batch) * len(window) / max(sum(window), 1e-9)
                     window = []
                     record = {"step": self.step, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0],
-                              "samples_per_s": rate, "inv_t": float(self.objective.model.inv_temperature()), **logs}
+                              "samples_per_s": rate, "inv_t": float(self.objective.model.inv_temperature().detach()), **logs}
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{last_loss:.3f}", sps=f"{rate:.0f}")

@@ -1,0 +1,103 @@
+"""Fixtures: a tiny random BERT built from a config (saved as a local HF folder) and a tiny synthetic KG."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+WORDS = ("dog cat animal mammal pet wolf fox bird sparrow eagle fish shark salmon tree oak pine plant flower rose "
+         "tulip car vehicle truck bus city town river lake sea water red blue green color small large hypernym "
+         "has part member of similar to also see verb group derivationally related form inverse a the of and is "
+         "domestic wild tall plays sings writes book song film person actor singer writer paris london").split()
+
+
+def make_tiny_plm(folder: Path, layers: int = 4, hidden: int = 32) -> Path:
+    """A random BERT with a word-level vocabulary, saved like any Hugging Face model folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", ",", ".", *sorted(set(WORDS))]
+    vocab += [f"e{i}" for i in range(64)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=64)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+def make_tiny_kg(folder: Path, entities: int = 24, seed: int = 0) -> Path:
+    """A small KG in the documented folder format with a learnable structure (relation = fixed offset)."""
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ["dog", "cat", "wolf", "fox", "sparrow", "eagle", "shark", "salmon", "oak", "pine", "rose", "tulip",
+             "car", "truck", "bus", "paris", "london", "river", "lake", "sea", "book", "song", "film", "actor"]
+    rows = ["id\tname\tdescription"]
+    for i in range(entities):
+        desc = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 6)))
+        rows.append(f"E{i}\t{names[i % len(names)]} e{i}\t{desc}")
+    (folder / "entities.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (folder / "relations.tsv").write_text("id\ttext\nr_next\thypernym\nr_skip\thas part\nr_sim\tsimilar to\n",
+                                          encoding="utf-8")
+    triples = set()
+    for i in range(entities):
+        triples.add((f"E{i}", "r_next", f"E{(i + 1) % entities}"))
+        triples.add((f"E{i}", "r_skip", f"E{(i + 3) % entities}"))
+        if i % 2 == 0:
+            triples.add((f"E{i}", "r_sim", f"E{(i + 5) % entities}"))
+    triples = sorted(triples)
+    rng.shuffle(triples)
+    n = len(triples)
+    splits = {"train": triples[: int(n * 0.7)], "valid": triples[int(n * 0.7): int(n * 0.85)],
+              "test": triples[int(n * 0.85):]}
+    for split, items in splits.items():
+        (folder / f"{split}.txt").write_text("".join(f"{h}\t{r}\t{t}\n" for h, r, t in items), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_plm(tmp_path_factory) -> Path:
+    return make_tiny_plm(tmp_path_factory.mktemp("plm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_kg(tmp_path_factory) -> Path:
+    return make_tiny_kg(tmp_path_factory.mktemp("kg"))
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("KGDISTILL_CACHE", str(path))
+    return path
+
+
+@pytest.fixture()
+def tiny_config(tiny_plm, tiny_kg, cache_dir):
+    """A config that trains in a second or two on the tiny KG and tiny BERT."""
+    from kgdistill.config import build_config
+
+    def make(**overrides):
+        values = {
+            "data": {"dataset": str(tiny_kg), "max_tokens": 24, "valid_limit": 16},
+            "model": {"plm": str(tiny_plm)},
+            "train": {"batch_size": 8, "lr": 1e-3, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 2,
+                      "log_every": 1, "precision": "fp32", "device": "cpu"},
+            "eval": {"batch_size": 16},
+            "distill": {"stage_steps": 4},
+        }
+        for key, value in overrides.items():
+            section, name = key.split("__")
+            values.setdefault(section, {})[name] = value
+        return build_config(None, overrides=values)
+
+    return make
