@@ -1,0 +1,107 @@
+"""One PMD stage's objective: L = (1-a-b) L_CE + a L_SCORE + b L_MGFD with a frozen teacher (method.md 2.11)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import DistillConfig
+from ..data.batching import TrainBatch
+from ..losses.contrastive import InfoNCELoss, PreBatchQueue, Scores, build_masks
+from ..losses.distill import GenerativeMGFDLoss, PooledMGFDLoss, ScoreDistillLoss, mask_tokens
+
+
+def _flat(scores: Scores) -> torch.Tensor:
+    blocks = [scores.in_batch]
+    if scores.pre_batch is not None:
+        blocks.append(scores.pre_batch)
+    if scores.self_negative is not None:
+        blocks.append(scores.self_negative[:, None])
+    return torch.cat(blocks, dim=1)
+
+
+class DistillationObjective(nn.Module):
+    """Student and frozen teacher see the same (masked) batch; both score matrices are built by the same
+    :class:`InfoNCELoss` (same negatives, same false-negative masks), so they align column for column."""
+
+    def __init__(self, student, teacher, loss: InfoNCELoss, config: DistillConfig, mask_rate: float,
+                 mask_token_id: int):
+        super().__init__()
+        self.model = student
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.loss = loss
+        self.config = config
+        self.mask_rate = mask_rate
+        self.mask_token_id = mask_token_id
+        self.score_loss = ScoreDistillLoss(config.score_loss, config.score_on, config.kl_temperature)
+        self.teacher_queue = (PreBatchQueue(len(loss.queue.vectors), teacher.hidden_size)
+                              if loss.queue is not None else None)
+        self.use_mgfd = config.beta > 0 and mask_rate > 0
+        if config.mgfd == "generative":
+            self.mgfd_hr = GenerativeMGFDLoss(student.hidden_size, teacher.hidden_size, config.generation_hidden)
+            self.mgfd_tail = GenerativeMGFDLoss(student.hidden_size, teacher.hidden_size, config.generation_hidden)
+        else:
+            self.mgfd_hr = self.mgfd_tail = PooledMGFDLoss()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen: no dropout, ever
+        return self
+
+    @property
+    def needs_heads(self) -> bool:
+        return self.loss.config.self_negative
+
+    def forward(self, batch: TrainBatch, step: int = 0) -> tuple[torch.Tensor, dict]:
+        hr_in, hr_pos = mask_tokens(batch.hr, self.mask_rate, self.mask_token_id)
+        tail_in, tail_pos = mask_tokens(batch.tail, self.mask_rate, self.mask_token_id)
+        head_in = mask_tokens(batch.head, self.mask_rate, self.mask_token_id)[0] if batch.head is not None else None
+        with torch.no_grad():
+            t_hr = self.teacher.encode_queries(hr_in, hidden=self.use_mgfd)
+            t_tail = self.teacher.encode_entities(tail_in, hidden=self.use_mgfd)
+            t_head = self.teacher.encode_entities(head_in).vectors if head_in is not None else None
+        clean = self.config.student_input == "clean"
+        s_hr = self.model.encode_queries(batch.hr if clean else hr_in, hidden=self.use_mgfd and not clean)
+        s_tail = self.model.encode_entities(batch.tail if clean else tail_in, hidden=self.use_mgfd and not clean)
+        s_head = (self.model.encode_entities(batch.head if clean else head_in).vectors
+                  if head_in is not None else None)
+        masks = build_masks(batch, self.loss.known)
+        queue = self.loss.queue
+        pre_keep = queue.keep_mask(batch, self.loss.known) if queue is not None else None
+        s_scores = self.loss.scores(s_hr.vectors, s_tail.vectors, s_head)
+        t_scores = self.loss.scores(t_hr.vectors, t_tail.vectors, t_head, queue=self.teacher_queue)
+        s_logits, s_in_batch = self.loss.logits(s_scores, masks, self.model.inv_temperature(), margin=True,
+                                                pre_keep=pre_keep)
+        l_ce = self.loss.cross_entropy(s_logits, s_in_batch)
+        keep_blocks = [masks.in_batch]
+        if s_scores.pre_batch is not None:
+            keep_blocks.append(pre_keep)
+        if s_scores.self_negative is not None:
+            keep_blocks.append(masks.self_negative[:, None])
+        keep = torch.cat(keep_blocks, dim=1).to(s_logits.device)
+        if self.config.score_on == "logits":
+            t_logits, _ = self.loss.logits(t_scores, masks, self.teacher.inv_temperature(),
+                                           margin=self.config.teacher_margin, pre_keep=pre_keep)
+            l_score = self.score_loss(s_logits, t_logits, keep)
+        else:
+            l_score = self.score_loss(_flat(s_scores), _flat(t_scores), keep)
+        l_mgfd = s_logits.new_zeros(())
+        if self.use_mgfd:
+            if clean:
+                s_hr_hidden = self.model.encode_queries(hr_in, hidden=True).hidden
+                s_tail_hidden = self.model.encode_entities(tail_in, hidden=True).hidden
+            else:
+                s_hr_hidden, s_tail_hidden = s_hr.hidden, s_tail.hidden
+            l_mgfd = (self.mgfd_hr(s_hr_hidden, t_hr.hidden, hr_pos.to(s_hr_hidden.device))
+                      + self.mgfd_tail(s_tail_hidden, t_tail.hidden, tail_pos.to(s_tail_hidden.device)))
+        a, b = self.config.alpha, self.config.beta
+        loss = (1 - a - b) * l_ce + a * l_score + b * l_mgfd
+        if queue is not None:
+            queue.push(s_tail.vectors, batch.tails)
+            self.teacher_queue.push(t_tail.vectors, batch.tails)
+        return loss, {"l_ce": float(l_ce.detach()), "l_score": float(l_score.detach()),
+                      "l_mgfd": float(l_mgfd.detach())}
+
+    def validation_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        hr = self.model.encode_queries(batch.hr).vectors
+        tail = self.model.encode_entities(batch.tail).vectors
+        return self.loss(hr, tail, None, batch)
