@@ -151,7 +151,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "train": {"batch_size": 128, "lr": 1e-4, "max_steps": 180, "warmup_steps": 20, "checkpoint_every": 60},
         "data": {"valid_limit": 512},
-        "distill": {"stage_steps": 120},
+        "distill": {"stage_steps": 50},
     },
     "paper": {
         "train": {"batch_size": 1024, "lr": 5e-5, "epochs": 50, "max_steps": None, "warmup_steps": 400,
