@@ -81,6 +81,20 @@ def cmd_pipeline(args) -> None:
     print(report.markdown())
 
 
+def cmd_bench(args) -> None:
+    from pathlib import Path
+
+    from .benchmark import append_markdown, run
+
+    results = run(quick=args.quick, model_dir=args.model, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(json.dumps(results, indent=1))
+    if args.append:
+        append_markdown(results, Path(args.append), "kgdistill bench " + " ".join(sys.argv[2:]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kgdistill", description=__doc__)
     parser.add_argument("--verbose", action="store_true", help="show tracebacks for errors")
@@ -117,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/pipeline")
     p.add_argument("--teacher", help="reuse a trained teacher run instead of training one")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("bench", help="measure matmul peak, encoder GFLOP/s, training and evaluation speed")
+    p.add_argument("--quick", action="store_true", help="skip the full evaluation and fp32/batch-256 training")
+    p.add_argument("--model", help="a trained model for the evaluation split (default: the untrained PLM)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--append", metavar="FILE", help="append the results to a Markdown file (BENCHMARKS.md)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_bench)
 
     from .inference.commands import add_commands
 
