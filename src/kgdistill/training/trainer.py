@@ -171,19 +171,24 @@ class Trainer:
                 torch.manual_seed(step_seed(self.config.seed, self.step))
                 batch = self.train_set.batch(self._rows(self.step), with_heads=self.objective.needs_heads)
                 t0 = time.perf_counter()
+                cached = tc.gradient_cache_chunk is not None and hasattr(self.objective, "cached_step")
+                self.optimizer.zero_grad(set_to_none=True)
                 with autocast(self.device, tc.precision):
-                    loss, logs = self.objective(batch.to(self.device), step=self.step)
+                    if cached:  # the objective back-propagates chunk by chunk itself
+                        loss, logs = self.objective.cached_step(batch.to(self.device), tc.gradient_cache_chunk)
+                    else:
+                        loss, logs = self.objective(batch.to(self.device), step=self.step)
                 if not torch.isfinite(loss):
                     if not tc.skip_nonfinite:
                         bar.close()
                         raise NonFiniteLossError(
-                            f"non-finite loss ({float(loss)}) at step {self.step}; last good checkpoint kept in "
+                            f"non-finite loss ({float(loss.detach())}) at step {self.step}; last good checkpoint kept in "
                             f"{self.run_dir / LAST} (lower train.lr or set train.skip_nonfinite=true)")
                     self.skipped += 1
                     self.optimizer.zero_grad(set_to_none=True)
                 else:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if not cached:
+                        loss.backward()
                     grad_norm = torch.nn.utils.clip_grad_norm_(
                         [p for p in self.objective.parameters() if p.requires_grad], tc.grad_clip)
                     self.optimizer.step()
