@@ -142,6 +142,9 @@ def _guard_output(run_dir: Path, resume: bool) -> None:
 def train(config: RunConfig, output_dir: str | Path, resume: bool = False, evaluate_after: bool = True,
           progress: bool = True) -> TrainOutcome:
     """Train a SimKGC teacher, then evaluate its last checkpoint on ``config.eval.split``."""
+    from .training import distributed
+
+    distributed.init_from_env()
     run_dir = Path(output_dir)
     _guard_output(run_dir, resume)
     torch.manual_seed(config.seed)
@@ -158,7 +161,7 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False, evalu
         trainer.resume()
     result = trainer.train()
     metrics = None
-    if evaluate_after:
+    if evaluate_after and distributed.is_main():
         metrics = evaluate_in_run(run_dir, data, trainer.objective.model, config, progress)
     return TrainOutcome(run_dir, result.__dict__, metrics)
 

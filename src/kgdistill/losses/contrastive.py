@@ -22,13 +22,19 @@ class NegativeMasks:
     self_negative: torch.Tensor  # (B,)
 
 
-def build_masks(batch: TrainBatch, known: KnownTails) -> NegativeMasks:
-    """In-batch (i, j) is dropped when tail_j is tail_i (j != i) or a known training answer of query i."""
+def build_masks(batch: TrainBatch, known: KnownTails, column_tails: np.ndarray | None = None,
+                offset: int = 0) -> NegativeMasks:
+    """In-batch (i, j) is dropped when tail_j is tail_i (j != i) or a known training answer of query i.
+
+    ``column_tails``/``offset``: under torch.distributed the columns are the global batch's tails and this rank's
+    rows start at ``offset`` in it.
+    """
     heads, rels, tails = batch.heads, batch.relations, batch.tails
-    same = tails[:, None] == tails[None, :]
-    known_ij = known.contains(heads[:, None], rels[:, None], tails[None, :])
+    columns = tails if column_tails is None else column_tails
+    same = tails[:, None] == columns[None, :]
+    known_ij = known.contains(heads[:, None], rels[:, None], columns[None, :])
     keep = ~(same | known_ij)
-    np.fill_diagonal(keep, True)
+    keep[np.arange(len(tails)), offset + np.arange(len(tails))] = True
     keep_self = ~known.contains(heads, rels, heads)
     return NegativeMasks(torch.from_numpy(keep), torch.from_numpy(keep_self))
 
@@ -51,9 +57,11 @@ class PreBatchQueue(nn.Module):
         self.register_buffer("entities", torch.full((size,), -1, dtype=torch.long))
 
     def push(self, vectors: torch.Tensor, entities: np.ndarray) -> None:
-        self.vectors.copy_(torch.cat([vectors.detach().float().to(self.vectors.device), self.vectors])[: len(self.vectors)])
+        """Newest first; buffers are replaced, not written in place, since this step's graph still reads the old ones."""
+        size = len(self.vectors)
+        self.vectors = torch.cat([vectors.detach().float().to(self.vectors.device), self.vectors])[:size]
         ents = torch.as_tensor(entities, dtype=torch.long, device=self.entities.device)
-        self.entities.copy_(torch.cat([ents, self.entities])[: len(self.entities)])
+        self.entities = torch.cat([ents, self.entities])[:size]
 
     def keep_mask(self, batch: TrainBatch, known: KnownTails) -> torch.Tensor:
         ents = self.entities.cpu().numpy()
@@ -85,11 +93,13 @@ class InfoNCELoss(nn.Module):
         return Scores(hr @ tail.T, pre, self_neg)
 
     def logits(self, scores: Scores, masks: NegativeMasks, inv_t: torch.Tensor, margin: bool,
-               pre_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full logits ``[in-batch | pre-batch | self]`` and the in-batch block, both scaled by 1/tau and masked."""
+               pre_keep: torch.Tensor | None = None, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full logits ``[in-batch | pre-batch | self]`` and the in-batch block, both scaled by 1/tau and masked.
+        The positive of row i is column ``offset + i``."""
         in_batch = scores.in_batch
         if margin and self.config.margin:
-            in_batch = in_batch - torch.eye(len(in_batch), device=in_batch.device) * self.config.margin
+            rows = torch.arange(len(in_batch), device=in_batch.device)
+            in_batch = in_batch.index_put((rows, rows + offset), in_batch[rows, rows + offset] - self.config.margin)
         in_batch = (in_batch * inv_t).masked_fill(~masks.in_batch.to(in_batch.device), MASKED)
         blocks = [in_batch]
         if scores.pre_batch is not None:
@@ -109,9 +119,45 @@ class InfoNCELoss(nn.Module):
             loss = loss + F.cross_entropy(in_batch.T, labels)
         return loss
 
+    def _forward_distributed(self, hr, tail, head, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows against the global batch's tails (and, for the transposed term, this rank's tails against
+        the global batch's queries). Averaged over ranks (as DDP does with gradients) this equals the loss of one
+        process holding the whole global batch."""
+        from ..training import distributed
+
+        offset = distributed.rank() * len(batch)
+        tail_all = distributed.gather_with_grad(tail)
+        heads_all, rels_all, tails_all = (distributed.gather_array(x) for x in (batch.heads, batch.relations,
+                                                                                 batch.tails))
+        masks = build_masks(batch, self.known, tails_all, offset)
+        pre_keep = self.queue.keep_mask(batch, self.known) if self.queue is not None else None
+        inv_t = self.model.inv_temperature()
+        logits, _ = self.logits(self.scores(hr, tail_all, head), masks, inv_t, margin=True, pre_keep=pre_keep,
+                                offset=offset)
+        labels = offset + torch.arange(len(batch), device=logits.device)
+        loss = F.cross_entropy(logits, labels)
+        if self.config.tail_to_query_loss:
+            hr_all = distributed.gather_with_grad(hr)
+            same = batch.tails[:, None] == tails_all[None, :]
+            known_t = self.known.contains(heads_all[None, :], rels_all[None, :], batch.tails[:, None])
+            keep_t = ~(same | known_t)
+            keep_t[np.arange(len(batch)), offset + np.arange(len(batch))] = True
+            transposed, _ = self.logits(Scores(tail @ hr_all.T, None, None),
+                                        NegativeMasks(torch.from_numpy(keep_t), masks.self_negative), inv_t,
+                                        margin=True, offset=offset)
+            loss = loss + F.cross_entropy(transposed, labels)
+        if self.queue is not None:
+            self.queue.push(tail_all, tails_all)
+        return loss, logits
+
     def forward(self, hr: torch.Tensor, tail: torch.Tensor, head: torch.Tensor | None, batch: TrainBatch,
                 masks: NegativeMasks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and full logits; pre-batch and self negatives only in training mode (as SimKGC)."""
+        if self.training and masks is None:
+            from ..training import distributed
+
+            if distributed.active():
+                return self._forward_distributed(hr, tail, head, batch)
         masks = build_masks(batch, self.known) if masks is None else masks
         if self.training:
             pre_keep = self.queue.keep_mask(batch, self.known) if self.queue is not None else None

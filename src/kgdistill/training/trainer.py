@@ -22,6 +22,7 @@ from ..data.batching import ExampleSet
 from ..errors import CheckpointError, KGDistillError
 from ..evaluation.ranking import autocast
 from ..io import atomic_write_json, environment_info, recover_dir
+from . import distributed
 from .checkpoint import load_training_state, save_training_state
 
 LAST, BEST = "checkpoint-last", "checkpoint-best"
@@ -89,12 +90,26 @@ class Trainer:
         self.step = 0
         self.best_valid: float | None = None
         self.skipped = 0
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.step_module = self.objective
+        if self.world > 1:
+            if tc.batch_size % self.world:
+                raise KGDistillError(f"config key 'train.batch_size': {tc.batch_size} is not divisible by the "
+                                     f"{self.world} processes")
+            if tc.gradient_cache_chunk is not None:
+                raise KGDistillError("config key 'train.gradient_cache_chunk': not supported with several processes")
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step_module = DistributedDataParallel(self.objective, find_unused_parameters=True)
+        self.progress = progress and self.rank == 0
 
     # ------------------------------------------------------------------ data order
     def _rows(self, step: int) -> np.ndarray:
         epoch, index = divmod(step, self.steps_per_epoch)
         perm = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_set))
-        return perm[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = perm[index * self.batch_size:(index + 1) * self.batch_size]
+        share = self.batch_size // self.world  # this rank's slice of the global batch
+        return rows[self.rank * share:(self.rank + 1) * share]
 
     # ------------------------------------------------------------------ checkpoints
     def _objective_state(self) -> dict[str, torch.Tensor]:
@@ -102,6 +117,8 @@ class Trainer:
                 if not k.startswith(("model.", "teacher."))}
 
     def save(self, name: str = LAST) -> None:
+        if self.rank != 0:
+            return
         progress = {"step": self.step, "best_valid": self.best_valid, "skipped": self.skipped,
                     "total_steps": self.total_steps}
 
@@ -166,7 +183,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
                    dynamic_ncols=True)
         start_time, start_step, last_loss, window = time.perf_counter(), self.step, float("nan"), []
-        with open(log_path, "a", encoding="utf-8") as log:
+        with open(log_path if self.rank == 0 else os.devnull, "a", encoding="utf-8") as log:
             while self.step < self.total_steps:
                 torch.manual_seed(step_seed(self.config.seed, self.step))
                 batch = self.train_set.batch(self._rows(self.step), with_heads=self.objective.needs_heads)
@@ -177,7 +194,7 @@ class Trainer:
                     if cached:  # the objective back-propagates chunk by chunk itself
                         loss, logs = self.objective.cached_step(batch.to(self.device), tc.gradient_cache_chunk)
                     else:
-                        loss, logs = self.objective(batch.to(self.device), step=self.step)
+                        loss, logs = self.step_module(batch.to(self.device), step=self.step)
                 if not torch.isfinite(loss):
                     if not tc.skip_nonfinite:
                         bar.close()
@@ -205,7 +222,7 @@ class Trainer:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{last_loss:.3f}", sps=f"{rate:.0f}")
-                if self.step % validate_every == 0 or self.step == self.total_steps:
+                if (self.step % validate_every == 0 or self.step == self.total_steps) and self.rank == 0:
                     metrics = self.validate()
                     if metrics:
                         log.write(json.dumps({"step": self.step, **metrics}) + "\n")
@@ -221,7 +238,9 @@ class Trainer:
         done = self.step - start_step
         result = TrainResult(self.step, seconds, done * self.batch_size / max(seconds, 1e-9), last_loss,
                              self.best_valid, self.skipped)
-        atomic_write_json(self.run_dir / "train_summary.json", result.__dict__)
+        if self.rank == 0:
+            atomic_write_json(self.run_dir / "train_summary.json", result.__dict__)
+        distributed.barrier()
         return result
 
 
