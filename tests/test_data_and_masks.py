@@ -58,3 +58,10 @@ def test_false_negative_masks_hand_built():
     assert keep[0, 2]  # a is not an answer of (a, r)
     # self-negative: is the head a known answer of its own query? never here
     assert masks.self_negative.all()
+
+
+def test_tiny_tokenizer_knows_its_words(tiny_plm):
+    """Guards the fixture itself: a tokenizer mapping every word to [UNK] would make many tests vacuous."""
+    from kgdistill.models.plm import load_tokenizer
+
+    assert load_tokenizer(tiny_plm).tokenize("dog cat e3") == ["dog", "cat", "e3"]

@@ -87,6 +87,9 @@ def build_model(config: RunConfig, teacher: BiEncoder | None = None) -> tuple[Bi
     if teacher is not None and layers > teacher.num_layers:
         raise KGDistillError(f"config key 'model.num_layers': a student of {layers} layers cannot be deeper than its "
                              f"{teacher.num_layers}-layer teacher")
+    if layers > depth:
+        raise KGDistillError(f"config key 'model.num_layers': {layers} layers requested but the source "
+                             f"({'teacher' if from_teacher else 'PLM'}) has {depth}")
     layer_map = config.model.layer_map or even_layer_map(depth, layers)
     hr = build_student_encoder(sources[0], layer_map)
     tail = build_student_encoder(sources[1], layer_map)
@@ -115,8 +118,9 @@ def load_run_config(model_dir: Path) -> RunConfig | None:
         if candidate.is_file():
             try:
                 return config_from_dict(yaml.safe_load(candidate.read_text(encoding="utf-8")))
-            except (yaml.YAMLError, KGDistillError) as exc:
-                raise CheckpointError(f"{candidate}: cannot read the saved config ({exc})") from None
+            except (yaml.YAMLError, KGDistillError, TypeError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CheckpointError(f"{candidate}: cannot read the saved config ({first})") from None
     return None
 
 

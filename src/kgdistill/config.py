@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -207,8 +208,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': must be a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -225,6 +233,10 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         if name not in fields:
             raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(fields))})")
         kwargs[name] = _coerce(value, fields[name].type, key)
+    missing = [name for name, f in fields.items() if name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"config key '{prefix + '.' if prefix else ''}{missing[0]}': required")
     return cls(**kwargs)
 
 
@@ -253,8 +265,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = None
         node = nested
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{'.'.join(parts[:depth + 1])}' is a section, not a value")
+        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
+            raise ConfigError(f"override '{item}': '{key.strip()}' is a section, not a value")
         node[parts[-1]] = value
     return nested
 
@@ -312,9 +328,14 @@ def validate(config: RunConfig) -> None:
         if value not in allowed:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {sorted(allowed)}")
 
+    if not 0 <= config.seed < 2**32:
+        raise ConfigError(f"config key 'seed': must be in [0, 2**32), got {config.seed}")
+
     def positive(key: str, value: float | None, allow_zero: bool = False) -> None:
         if value is None:
             return
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': must be finite, got {value}")
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(f"config key '{key}': must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 

@@ -154,9 +154,10 @@ def relation_id_to_text(relation: str) -> str:
 
 def parse_triples(raw: bytes, filename: str, entity_index: dict[str, int],
                   relation_index: dict[str, int] | None, new_relations: list[str]) -> np.ndarray:
-    """Parse one split; with ``relation_index`` None relations are collected into ``new_relations``."""
+    """Parse one split; with ``relation_index`` None relations are collected into ``new_relations`` (which may
+    already hold those of earlier splits: their numbers are kept)."""
     rows = []
-    known = {} if relation_index is None else relation_index
+    known = {r: i for i, r in enumerate(new_relations)} if relation_index is None else relation_index
     for lineno, line in enumerate(_decode(raw, filename), start=1):
         if not line.strip():
             continue
@@ -192,8 +193,6 @@ def _build(name: str, source: str, read: dict[str, bytes | None]) -> KnowledgeGr
     for split in SPLITS:
         splits[split] = parse_triples(read[f"{split}.txt"], f"{source}/{split}.txt", entity_index, relation_index,
                                       relation_order)
-        if relation_index is None:
-            relation_index = {r: i for i, r in enumerate(relation_order)}
     if len(splits["train"]) == 0:
         raise DataError(f"{source}/train.txt: no triples")
     texts = ([relation_texts_by_id[r] for r in relation_order] if relation_texts_by_id is not None
@@ -202,15 +201,22 @@ def _build(name: str, source: str, read: dict[str, bytes | None]) -> KnowledgeGr
                           digest.hexdigest()[:16], source)
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:  # permission denied, I/O error: a user error naming the file, not a traceback
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def _read_folder(folder: Path) -> dict[str, bytes | None]:
     read: dict[str, bytes | None] = {}
     for filename in ("entities.tsv", *(f"{s}.txt" for s in SPLITS)):
         path = folder / filename
         if not path.is_file():
             raise DataError(f"{path}: missing (a dataset folder needs entities.tsv, train.txt, valid.txt, test.txt)")
-        read[filename] = path.read_bytes()
+        read[filename] = _read_bytes(path)
     relations = folder / "relations.tsv"
-    read["relations.tsv"] = relations.read_bytes() if relations.is_file() else None
+    read["relations.tsv"] = _read_bytes(relations) if relations.is_file() else None
     return read
 
 

@@ -9,9 +9,12 @@ INVERSE_PREFIX = "inverse "
 
 
 def join_name_description(name: str, description: str) -> str:
-    """``"name: description"``, dropping a description prefix that repeats the name; the name alone if empty."""
+    """``"name: description"``, dropping a description prefix that repeats the name (however many times it is
+    repeated); the name alone if nothing is left."""
     if description.startswith(name):
         description = description[len(name):].strip()
+        while name and description.startswith(name):
+            description = description[len(name):].strip()
     return f"{name}: {description}" if description else name
 
 

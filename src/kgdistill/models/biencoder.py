@@ -128,8 +128,11 @@ class BiEncoder(nn.Module):
         try:
             hr = encoder_from_config(meta["hr_config"])
             tail = encoder_from_config(meta["tail_config"])
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{folder / META}: bad encoder config ({exc})") from None
+        except Exception as exc:  # any malformed hand-edited config: transformers raises many types
+            raise CheckpointError(f"{folder / META}: bad encoder config "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+        if meta.get("pooling", "mean") not in ("mean", "cls"):
+            raise CheckpointError(f"{folder / META}: unknown pooling {meta.get('pooling')!r} (mean or cls)")
         model = cls(hr, tail, pooling=meta.get("pooling", "mean"),
                     learnable_temperature=meta.get("learnable_temperature", True),
                     max_inv_temperature=meta.get("max_inv_temperature", 100.0), info=meta.get("info"))

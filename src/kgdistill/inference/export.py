@@ -1,0 +1,297 @@
+"""Export a trained model as a self-contained folder, in Hugging Face style (safetensors) or ONNX.
+
+Folder layout (``kgdistill export --model RUN --format hf|onnx [--quantize int8] --output OUT``)::
+
+    OUT/model.safetensors, model.json, tokenizer/, manifest.json   the bi-encoder (BiEncoder.load reads it)
+    OUT/config.yaml                                                the run config (data and text settings)
+    OUT/data/<dataset>/entities.tsv, relations.tsv, {train,valid,test}.txt
+                                                                   entity map and graph (neighbour text, filtering)
+    OUT/index/entities.{npy,json}                                  entity index for this model
+    OUT/onnx/query_encoder.onnx, entity_encoder.onnx               [onnx] both encoders, pooled unit vectors out
+    OUT/onnx/*.int8.onnx                                           [onnx --quantize int8] dynamic int8 weights
+    OUT/export.json                                                what is where, and the verification numbers
+
+``Predictor.from_pretrained(OUT)`` needs nothing else (``backend='onnx'`` runs the ONNX encoders with onnxruntime).
+With ``--quantize int8`` and ``--format hf`` the weights stay fp32 on disk and every Linear layer is quantised
+dynamically to int8 when loaded (``torch.ao.quantization.quantize_dynamic``, CPU).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..api import load_run_config, resolve_model_dir
+from ..config import RunConfig
+from ..data.batching import EncoderBatch, pad, tokenize
+from ..data.dataset import SPLITS, KnowledgeGraph, load_dataset
+from ..errors import KGDistillError
+from ..io import atomic_write_json, atomic_write_text, replace_dir, sha256_file
+from ..models.biencoder import BiEncoder, Encoded, load_model_tokenizer
+from .predictor import EXPORT_META, Predictor, model_info
+
+log = logging.getLogger("kgdistill")
+
+EXPORT_FORMAT = "kgdistill-export"
+FORMATS = ("hf", "onnx")
+ONNX_FILES = {"query": "onnx/query_encoder.onnx", "entity": "onnx/entity_encoder.onnx"}
+ONNX_OPSET = 17
+
+
+class ExportUnavailableError(KGDistillError):
+    """An optional export dependency (onnx, onnxruntime) is not installed."""
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime  # noqa: PLC0415
+    except ImportError:
+        raise ExportUnavailableError("ONNX needs the packages onnx and onnxruntime "
+                                     "(pip install onnx onnxruntime; or pip install 'kgdistill[export]')") from None
+    return onnxruntime
+
+
+# ---------------------------------------------------------------------------------------------------- ONNX runtime
+class OnnxBiEncoder:
+    """The two encoders as onnxruntime sessions, with BiEncoder's encode_queries / encode_entities interface."""
+
+    def __init__(self, query_path: Path, entity_path: Path, pooling: str = "mean", info: dict | None = None):
+        ort = _onnxruntime()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.sessions = {which: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                         for which, path in (("query", query_path), ("entity", entity_path))}
+        self.inputs = {w: [i.name for i in s.get_inputs()] for w, s in self.sessions.items()}
+        self.pooling = pooling
+        self.info = dict(info or {})
+        digest = hashlib.sha256()
+        for path in (query_path, entity_path):
+            digest.update(sha256_file(path).encode())
+            data = Path(str(path) + ".data")
+            if data.is_file():
+                digest.update(sha256_file(data).encode())
+        self.fingerprint = "onnx-" + digest.hexdigest()
+
+    @classmethod
+    def load(cls, folder: Path, export_meta: dict, quantized: bool = False, model: BiEncoder | None = None
+             ) -> "OnnxBiEncoder":
+        files = (export_meta.get("onnx") or {}).get("int8_files" if quantized else "files")
+        if not files:
+            raise KGDistillError(f"{folder}: not an ONNX export{' with int8 weights' if quantized else ''} "
+                                 f"(kgdistill export --format onnx); use the torch backend")
+        paths = [folder / files["query"], folder / files["entity"]]
+        for path in paths:
+            if not path.is_file():
+                raise KGDistillError(f"{path}: missing (listed in {EXPORT_META})")
+        return cls(paths[0], paths[1], getattr(model, "pooling", "mean"), model_info(model))
+
+    def _run(self, which: str, batch: EncoderBatch) -> Encoded:
+        feed = {"input_ids": batch.input_ids.cpu().numpy().astype(np.int64),
+                "attention_mask": batch.attention_mask.cpu().numpy().astype(np.int64)}
+        if "token_type_ids" in self.inputs[which]:
+            types = batch.token_type_ids if batch.token_type_ids is not None else torch.zeros_like(batch.input_ids)
+            feed["token_type_ids"] = types.cpu().numpy().astype(np.int64)
+        out = self.sessions[which].run(None, {k: v for k, v in feed.items() if k in self.inputs[which]})[0]
+        return Encoded(torch.from_numpy(np.asarray(out, dtype=np.float32)))
+
+    def encode_queries(self, batch: EncoderBatch, hidden: bool = False) -> Encoded:
+        return self._run("query", batch)
+
+    def encode_entities(self, batch: EncoderBatch, hidden: bool = False) -> Encoded:
+        return self._run("entity", batch)
+
+    def eval(self) -> "OnnxBiEncoder":
+        return self
+
+    def to(self, device) -> "OnnxBiEncoder":
+        return self
+
+
+class _PooledEncoder(nn.Module):
+    """One encoder of a bi-encoder, from token ids to its pooled unit vectors (BiEncoder's own pooling)."""
+
+    def __init__(self, model: BiEncoder, which: str):
+        super().__init__()
+        self.encoder = model.hr_encoder if which == "query" else model.tail_encoder
+        object.__setattr__(self, "_model", model)  # not a submodule: only this encoder's weights are exported
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self._model._encode(self.encoder, EncoderBatch(input_ids, attention_mask, token_type_ids), False).vectors
+
+
+def _export_encoder(model: BiEncoder, which: str, example: EncoderBatch, path: Path) -> None:
+    wrapper = _PooledEncoder(model, which).eval()  # eval: the exporter restores the wrapper's mode on its children
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if example.token_type_ids is not None else [])
+    args = tuple(getattr(example, n) for n in names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=["vectors"],
+                              opset_version=ONNX_OPSET, dynamo=False, do_constant_folding=True,
+                              dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
+                                            "vectors": {0: "batch"}})
+        except Exception as exc:  # the TorchScript exporter may be gone in a later torch: try the dynamo one
+            log.info("TorchScript ONNX exporter failed (%s); trying the dynamo exporter", str(exc).splitlines()[0])
+            batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=2)
+            torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=["vectors"], dynamo=True,
+                              dynamic_shapes={n: {0: batch, 1: seq} for n in names}, external_data=False)
+    wrapper.train(False)
+    model.eval()
+
+
+def _sample_batches(predictor: Predictor, n: int = 48) -> dict[str, EncoderBatch]:
+    """Real query pairs and entity texts, padded like evaluation batches (mixed lengths)."""
+    kg, texts = predictor.kg, predictor.texts
+    triples = np.concatenate([kg.splits[s] for s in SPLITS])[:n]
+    first = [texts.entity_text(int(h)) for h in triples[:, 0]]
+    second = [texts.relation_text(int(r)) for r in triples[:, 1]]
+    tok = predictor.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    types = predictor.tokenized.uses_token_types
+    max_tokens = predictor.config.data.max_tokens
+    queries = tokenize(tok, first, second, max_tokens)
+    entities = tokenize(tok, [texts.entity_text(e) for e in range(min(n, kg.num_entities))], None, max_tokens)
+    return {"query": pad([queries.get(i) for i in range(len(queries))], pad_id, types, tok.sep_token_id),
+            "entity": pad([entities.get(i) for i in range(len(entities))], pad_id, types, tok.sep_token_id)}
+
+
+@torch.no_grad()
+def _max_abs_diff(reference: BiEncoder, other, batches: dict[str, EncoderBatch]) -> dict[str, float]:
+    out = {}
+    for which, batch in batches.items():
+        ref = (reference.encode_queries if which == "query" else reference.encode_entities)(batch).vectors
+        got = (other.encode_queries if which == "query" else other.encode_entities)(batch).vectors
+        out[which] = float((ref.float() - got.float()).abs().max())
+    return out
+
+
+def _quantize_onnx(src: Path, dst: Path) -> None:
+    _onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # the quantizer logs every skipped MatMul and a pre-processing hint
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------------- dataset copy
+def write_dataset(kg: KnowledgeGraph, folder: Path) -> None:
+    """The graph in the documented folder format, entities and relations in their original order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["id\tname\tdescription"] + [f"{i}\t{n}\t{d}" for i, n, d in
+                                         zip(kg.entity_ids, kg.entity_names, kg.entity_descriptions)]
+    atomic_write_text(folder / "entities.tsv", "\n".join(rows) + "\n")
+    rows = ["id\ttext"] + [f"{r}\t{t}" for r, t in zip(kg.relation_ids, kg.relation_texts)]
+    atomic_write_text(folder / "relations.tsv", "\n".join(rows) + "\n")
+    e, r = kg.entity_ids, kg.relation_ids
+    for split in SPLITS:
+        lines = "".join(f"{e[h]}\t{r[rel]}\t{e[t]}\n" for h, rel, t in kg.splits[split])
+        atomic_write_text(folder / f"{split}.txt", lines)
+
+
+def _check_output(output: Path, source: Path) -> None:
+    output_r, source_r = output.resolve(), source.resolve()
+    if output_r == source_r or output_r in source_r.parents:
+        raise KGDistillError(f"--output {output}: must not be the model folder or contain it")
+    if output.exists():
+        if not output.is_dir():
+            raise KGDistillError(f"--output {output}: exists and is not a folder")
+        if any(output.iterdir()) and not (output / EXPORT_META).is_file():
+            raise KGDistillError(f"--output {output}: not empty and not a previous export; choose another folder")
+
+
+# ---------------------------------------------------------------------------------------------------- export
+def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", quantize: str | None = None,
+                 dataset: str | None = None, checkpoint: str = "last", index_dtype: str = "fp32",
+                 progress: bool = False) -> dict:
+    """Write a self-contained export folder; returns the report also saved as ``export.json``."""
+    if format not in FORMATS:
+        raise KGDistillError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    if quantize not in (None, "int8"):
+        raise KGDistillError(f"--quantize {quantize!r}: only int8 is supported")
+    if format == "onnx":
+        _onnxruntime()
+        try:
+            import onnx  # noqa: F401, PLC0415
+        except ImportError:
+            raise ExportUnavailableError("ONNX export needs the package onnx (pip install onnx)") from None
+    source = resolve_model_dir(model_dir, checkpoint)
+    output = Path(output)
+    _check_output(output, source)
+    model = BiEncoder.load(source).eval()
+    tokenizer = load_model_tokenizer(source)
+    saved = load_run_config(source)
+    config: RunConfig = copy.deepcopy(saved or RunConfig())
+    if dataset is not None:
+        config.data.dataset = str(dataset)
+    elif saved is None:
+        config.data.dataset = model.info.get("dataset", config.data.dataset)
+    kg = load_dataset(config.data.dataset)
+    final = output.resolve()
+    data_rel = f"data/{kg.name}"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stage = output.parent / f".{output.name}.export-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        model.save(stage, tokenizer)
+        write_dataset(kg, stage / data_rel)
+        exported = copy.deepcopy(config)
+        exported.data.dataset = str(final / data_rel)
+        exported.data.cache_dir = None
+        exported.save(stage / "config.yaml")
+        report: dict = {"format": EXPORT_FORMAT, "version": 1, "export_format": format, "quantize": quantize,
+                        "dataset": data_rel, "dataset_name": kg.name, "source": str(source.resolve()),
+                        "weights_sha256": sha256_file(stage / "model.safetensors")}
+        atomic_write_json(stage / EXPORT_META, report)
+        predictor = Predictor.from_pretrained(stage, index_dtype=index_dtype, device="cpu", progress=progress)
+        report["index"] = {"files": ["index/entities.npy", "index/entities.json"], "dtype": predictor.index.dtype,
+                           "entities": len(predictor.index), "model_fingerprint": predictor.fingerprint}
+        batches = _sample_batches(predictor)
+        if quantize == "int8":
+            report["int8_max_abs_diff_vs_fp32"] = _max_abs_diff(model, predictor.model, batches)
+            log.info("int8 (PyTorch dynamic) vs fp32 max abs diff of the vectors: %s",
+                     report["int8_max_abs_diff_vs_fp32"])
+        if format == "onnx":
+            onnx_report: dict = {"opset": ONNX_OPSET, "files": dict(ONNX_FILES)}
+            for which, rel in ONNX_FILES.items():
+                _export_encoder(model, which, batches[which].slice(0, 2), stage / rel)
+            session = OnnxBiEncoder(stage / ONNX_FILES["query"], stage / ONNX_FILES["entity"], model.pooling)
+            onnx_report["max_abs_diff_vs_pytorch"] = _max_abs_diff(model, session, batches)
+            log.info("ONNX vs PyTorch max abs diff of the vectors: %s", onnx_report["max_abs_diff_vs_pytorch"])
+            if quantize == "int8":
+                int8 = {w: rel.replace(".onnx", ".int8.onnx") for w, rel in ONNX_FILES.items()}
+                for which in ONNX_FILES:
+                    _quantize_onnx(stage / ONNX_FILES[which], stage / int8[which])
+                onnx_report["int8_files"] = int8
+                session8 = OnnxBiEncoder(stage / int8["query"], stage / int8["entity"], model.pooling)
+                onnx_report["int8_max_abs_diff_vs_pytorch"] = _max_abs_diff(model, session8, batches)
+                log.info("ONNX int8 vs PyTorch fp32 max abs diff of the vectors: %s",
+                         onnx_report["int8_max_abs_diff_vs_pytorch"])
+            report["onnx"] = onnx_report
+            atomic_write_json(stage / EXPORT_META, report)
+            onnx_predictor = Predictor.from_pretrained(stage, backend="onnx", index_dtype=index_dtype, device="cpu")
+            stem = "entities-onnx" + ("-int8" if quantize == "int8" else "")
+            report["onnx"]["index"] = {"files": [f"index/{stem}.npy", f"index/{stem}.json"],
+                                       "model_fingerprint": onnx_predictor.fingerprint}
+        atomic_write_json(stage / EXPORT_META, report)
+        replace_dir(stage, output)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    report["output"] = str(output)
+    return report

@@ -1,0 +1,243 @@
+"""Resume determinism and fault injection (issue 6).
+
+(a) A run interrupted in-process (an exception right after a checkpoint, or in the middle of a step between
+    checkpoints) and resumed with ``resume=True`` ends bit-identical to an uninterrupted run: weights, optimiser and
+    objective state, best checkpoint, metrics.
+(b) ``python -m kgdistill train`` SIGKILLed at seeded random moments (after checkpoints exist, possibly in the middle
+    of writing one) and resumed with ``--resume`` each time ends with the same weights and metrics.json as the
+    uninterrupted run. After each kill the last checkpoint on disk passes its manifest check.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_tiny_kg, make_tiny_plm
+from kgdistill.config import build_config, parse_overrides
+from kgdistill.errors import CheckpointError, KGDistillError
+from kgdistill.io import verify_manifest
+from kgdistill.training.objectives import ContrastiveObjective
+from kgdistill.training.trainer import BEST, LAST, Trainer
+
+TOTAL_STEPS = 12  # the tiny KG has 84 training queries: 10 steps an epoch, so the run crosses an epoch boundary
+ARGS = ["data.max_tokens=24", "data.valid_limit=16", "train.batch_size=8", "train.lr=0.001",
+        f"train.max_steps={TOTAL_STEPS}", "train.warmup_steps=2", "train.checkpoint_every=1", "train.log_every=1",
+        "train.precision=fp32", "train.device=cpu", "train.num_threads=1", "eval.batch_size=16"]
+VARIANTS = {"default": [], "pre-batch": ["loss.pre_batch=2"]}  # pre-batch: a negative queue in the objective state
+
+
+class Crash(Exception):
+    """Stands in for a crash of the training process."""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    cache = tmp_path_factory.mktemp("resume-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KGDISTILL_CACHE", str(cache))
+        yield {"plm": make_tiny_plm(tmp_path_factory.mktemp("resume-plm")),
+               "kg": make_tiny_kg(tmp_path_factory.mktemp("resume-kg")), "cache": cache,
+               "root": tmp_path_factory.mktemp("resume-runs")}
+
+
+def overrides(variant: str = "default", *extra: str) -> list[str]:
+    return [*ARGS, *VARIANTS[variant], *extra]
+
+
+def make_config(env: dict, variant: str = "default", *extra: str):
+    items = [*overrides(variant, *extra), f"data.dataset={env['kg']}", f"model.plm={env['plm']}"]
+    return build_config(None, overrides=parse_overrides(items))
+
+
+@pytest.fixture(scope="module")
+def baseline(env):
+    """Uninterrupted runs, one per variant, trained on first use."""
+    from kgdistill.api import train
+
+    runs: dict[str, Path] = {}
+
+    def get(variant: str = "default") -> Path:
+        if variant not in runs:
+            run = env["root"] / f"baseline-{variant}"
+            train(make_config(env, variant), run, progress=False)
+            runs[variant] = run
+        return runs[variant]
+
+    return get
+
+
+def _tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {p.relative_to(folder).as_posix(): load_file(str(p)) for p in sorted(folder.rglob("*.safetensors"))}
+
+
+def _metrics(run: Path) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    metrics.pop("seconds")  # wall-clock timings
+    return metrics
+
+
+def assert_same_run(expected: Path, got: Path, optimizer_state: bool = True) -> None:
+    for name in (LAST, BEST):
+        want, have = _tensors(expected / name), _tensors(got / name)
+        if not optimizer_state:
+            want, have = ({k: v for k, v in d.items() if not k.startswith("trainer_state/")} for d in (want, have))
+        assert sorted(have) == sorted(want), name
+        for file, tensors in want.items():
+            assert sorted(have[file]) == sorted(tensors), f"{name}/{file}"
+            for key, value in tensors.items():
+                assert torch.equal(have[file][key], value), f"{name}/{file}: tensor {key} differs"
+    assert _metrics(got) == _metrics(expected)
+    summary = [json.loads((run / "train_summary.json").read_text(encoding="utf-8")) for run in (expected, got)]
+    for key in ("steps", "final_loss", "best_valid", "skipped_batches"):
+        assert summary[1][key] == summary[0][key], key
+
+
+# ---------------------------------------------------------------------------------------------------- (a) in-process
+@pytest.mark.parametrize("variant, checkpoint_every, crash_step, where", [
+    pytest.param("default", 1, 5, "after-save", id="after-checkpoint-5"),
+    pytest.param("default", 4, 6, "mid-step", id="mid-step-7-last-checkpoint-4"),
+    pytest.param("default", 3, 10, "mid-step", id="after-epoch-boundary-and-validation"),
+    pytest.param("pre-batch", 2, 7, "mid-step", id="pre-batch-queue"),
+])
+def test_interrupted_run_resumes_to_identical_weights(variant, checkpoint_every, crash_step, where, env, baseline):
+    """``crash_step``: after-save -> right after the checkpoint of step ``crash_step``; mid-step -> inside the forward
+    pass of step index ``crash_step`` (steps after the last checkpoint are redone on resume)."""
+    from kgdistill.api import train
+
+    expected = baseline(variant)
+    run = env["root"] / f"interrupted-{variant}-{checkpoint_every}-{crash_step}-{where}"
+    config = make_config(env, variant, f"train.checkpoint_every={checkpoint_every}")
+    with pytest.MonkeyPatch.context() as mp:
+        if where == "after-save":
+            real_save = Trainer.save
+
+            def save(self, name=LAST):
+                real_save(self, name)
+                if name == LAST and self.step == crash_step:
+                    raise Crash(f"after checkpoint {self.step}")
+
+            mp.setattr(Trainer, "save", save)
+        else:
+            real_forward = ContrastiveObjective.forward
+
+            def forward(self, batch, step=0):
+                if step == crash_step:
+                    raise Crash(f"in step {step}")
+                return real_forward(self, batch, step=step)
+
+            mp.setattr(ContrastiveObjective, "forward", forward)
+        with pytest.raises(Crash):
+            train(config, run, progress=False)
+    saved = json.loads((run / LAST / "trainer_state" / "state.json").read_text(encoding="utf-8"))["progress"]
+    expected_step = crash_step if where == "after-save" else (crash_step // checkpoint_every) * checkpoint_every
+    assert saved["step"] == expected_step
+    assert not (run / "metrics.json").exists()
+
+    with pytest.raises(KGDistillError, match="--resume"):  # an existing run is never overwritten by accident
+        train(config, run, progress=False)
+    outcome = train(make_config(env, variant, f"train.checkpoint_every={checkpoint_every}"), run, resume=True,
+                    progress=False)
+    assert outcome.train["steps"] == TOTAL_STEPS
+    assert_same_run(expected, run)
+
+
+def test_resume_with_a_different_schedule_is_refused(env, baseline):
+    from kgdistill.api import train
+
+    run = env["root"] / "changed-schedule"
+    shutil.copytree(baseline("default"), run)
+    with pytest.raises(CheckpointError, match="resume with the same config"):
+        train(make_config(env, "default", f"train.max_steps={TOTAL_STEPS + 2}"), run, resume=True, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------- (b) SIGKILL
+def _last_step(log: Path, offset: int) -> int:
+    """The highest step logged since byte ``offset`` of train_log.jsonl (the log is appended across resumes)."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return -1
+    steps = [-1]
+    for row in text.splitlines():
+        try:
+            steps.append(int(json.loads(row)["step"]))
+        except (ValueError, KeyError, TypeError):
+            pass  # a line being written
+    return max(steps)
+
+
+def _checkpoint_on_disk_is_sound(run: Path) -> int:
+    """The finished checkpoint a resume would use (the '.old' one if the kill fell between the two renames)."""
+    folder = run / LAST if (run / LAST).exists() else run / f"{LAST}.old"
+    verify_manifest(folder)
+    return json.loads((folder / "trainer_state" / "state.json").read_text(encoding="utf-8"))["progress"]["step"]
+
+
+def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(env, baseline, tmp_path):
+    expected = baseline("default")
+    run = tmp_path / "killed"
+    log = run / "train_log.jsonl"
+    command = [sys.executable, "-m", "kgdistill", "train", "--preset", "", "--dataset", str(env["kg"]),
+               "--plm", str(env["plm"]), "--output-dir", str(run), *overrides()]
+    child_env = {**os.environ, "KGDISTILL_CACHE": str(env["cache"]), "HF_HUB_OFFLINE": "1",
+                 "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    rng = random.Random(6)
+    targets = sorted(rng.sample(range(2, TOTAL_STEPS - 1), 3))  # kill once this step is logged ...
+    delays = [rng.uniform(0.0, 0.15) for _ in targets]  # ... plus a random delay: mid-step or mid-checkpoint
+    kills, history = 0, []
+
+    def launch(resume: bool, attempt: int):
+        out = open(tmp_path / f"attempt-{attempt}.log", "wb")
+        proc = subprocess.Popen(command + (["--resume"] if resume else []), stdout=out, stderr=subprocess.STDOUT,
+                                env=child_env)
+        return proc, out
+
+    def tail(attempt: int) -> str:
+        return (tmp_path / f"attempt-{attempt}.log").read_bytes()[-3000:].decode("utf-8", errors="replace")
+
+    for attempt, (target, delay) in enumerate(zip(targets, delays)):
+        offset = log.stat().st_size if log.exists() else 0
+        proc, out = launch(resume=attempt > 0, attempt=attempt)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (run / LAST).exists() and _last_step(log, offset) >= target:
+                break
+            time.sleep(0.005)
+        time.sleep(delay)
+        alive = proc.poll() is None
+        if alive:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        out.close()
+        if alive:
+            assert proc.returncode == -signal.SIGKILL
+            kills += 1
+            history.append((target, round(delay, 3), _checkpoint_on_disk_is_sound(run)))
+        else:
+            assert proc.returncode == 0, tail(attempt)  # it finished before the kill: nothing to resume
+            history.append((target, round(delay, 3), "finished"))
+            break
+    print("kill history (target step, delay s, checkpoint step on disk):", history)
+    assert kills >= 2, f"too few kills landed on a running process: {history}"
+
+    for attempt in range(len(targets), len(targets) + 3):  # resume until it finishes (no more kills)
+        proc, out = launch(resume=True, attempt=attempt)
+        rc = proc.wait(timeout=300)
+        out.close()
+        assert rc == 0, f"resume attempt {attempt} failed (history {history}):\n{tail(attempt)}"
+        if (run / "metrics.json").exists():
+            break
+    assert_same_run(expected, run)
