@@ -79,4 +79,7 @@ def test_two_processes_equal_one(tiny_plm, tiny_kg, tmp_path, pre_batch):
     assert torch.allclose(result["loss"], torch.stack(single), rtol=1e-5, atol=1e-6)
     assert result["grads"].keys() == reference.keys()
     for name, grad in reference.items():
-        assert torch.allclose(result["grads"][name], grad, rtol=1e-4, atol=1e-6), name
+        # summation order differs (two partial sums, then all-reduce): allow float32 rounding at the gradient's scale
+        scale = grad.abs().max().item()
+        diff = (result["grads"][name] - grad).abs().max().item()
+        assert diff <= 1e-5 * max(scale, 1e-3), f"{name}: max diff {diff:.3g} at scale {scale:.3g}"
