@@ -241,3 +241,43 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(env, bas
         if (run / "metrics.json").exists():
             break
     assert_same_run(expected, run)
+
+
+# ---------------------------------------------------------------------------------------------------- (c) pipeline
+def test_pipeline_killed_mid_stage_resumes_that_stage_and_redoes_no_finished_one(env, tmp_path):
+    """SIGKILL `kgdistill pipeline` while grade 1 trains; the rerun keeps the teacher and pre-distilled stages as they
+    are (same files), resumes grade 1 from its checkpoint and ends equal to an uninterrupted pipeline."""
+    from kgdistill.distill.ladder import pipeline
+
+    ladder = ["train.max_steps=4", "distill.stage_steps=6", "distill.grades=[{layers: 2, mask_rate: 0.1}]"]
+    expected = tmp_path / "uninterrupted"
+    pipeline(make_config(env, "default", *ladder), expected, progress=False)
+
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "kgdistill", "pipeline", "--preset", "", "--dataset", str(env["kg"]),
+               "--plm", str(env["plm"]), "--output-dir", str(run), *overrides("default", *ladder)]
+    child_env = {**os.environ, "KGDISTILL_CACHE": str(env["cache"]), "HF_HUB_OFFLINE": "1",
+                 "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    grade = run / "02-grade1-2L"
+    with open(tmp_path / "first.log", "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child_env)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (grade / LAST).exists() and _last_step(grade / "train_log.jsonl", 0) >= 2:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text(errors="replace")[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert not (grade / "stage.json").exists()
+    finished = {p: p.stat().st_mtime_ns for stage in ("00-teacher", "01-pre-distilled")
+                for p in (run / stage).rglob("*") if p.is_file()}
+    rerun = subprocess.run(command, capture_output=True, text=True, env=child_env, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "[00-teacher] finished earlier; not redone" in rerun.stdout
+    assert "[01-pre-distilled] finished earlier; not redone" in rerun.stdout
+    assert "[02-grade1-2L] resuming" in rerun.stdout
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    for stage in ("00-teacher", "01-pre-distilled", "02-grade1-2L"):
+        assert_same_run(expected / stage, run / stage)
+    assert (run / "report.md").is_file()

@@ -150,7 +150,8 @@ class RunConfig:
 # 'paper' is SimKGC's released WN18RR script (method.md 1.7) and PMD's distillation settings, for a GPU.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "train": {"batch_size": 128, "lr": 1e-4, "max_steps": 180, "warmup_steps": 20, "checkpoint_every": 60},
+        "train": {"batch_size": 128, "lr": 1e-4, "max_steps": 180, "warmup_steps": 20, "checkpoint_every": 60,
+                  "validate_every": 60},
         "data": {"valid_limit": 512},
         "distill": {"stage_steps": 50},
     },
