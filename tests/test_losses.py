@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kgdistill.config import LossConfig
 from kgdistill.data.batching import EncoderBatch, KnownTails, TrainBatch
-from kgdistill.losses.contrastive import InfoNCELoss, NegativeMasks, Scores
+from kgdistill.losses.contrastive import InfoNCELoss
 from kgdistill.losses.distill import GenerativeMGFDLoss, PooledMGFDLoss, ScoreDistillLoss, mask_tokens
 
 

@@ -1,9 +1,7 @@
 """HTTP service: good and bad requests through fastapi.testclient, and a bounded schema fuzz (no 5xx)."""
 from __future__ import annotations
 
-import shutil
 import sys
-from pathlib import Path
 
 import pytest
 

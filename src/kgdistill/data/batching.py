@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import KnowledgeGraph
 from .text import TextBuilder
 
 

@@ -70,7 +70,7 @@ class KnowledgeGraph:
                               f"{self.fingerprint}-train{train_limit}", self.source)
 
 
-def _decode(raw: bytes, filename: str) -> list[str]:
+def decode_lines(raw: bytes, filename: str) -> list[str]:
     """Decode UTF-8 strictly, naming the line of the first bad byte; drop a BOM, accept CRLF."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
@@ -100,7 +100,7 @@ def _fields(line: str, filename: str, lineno: int, expected: int) -> list[str]:
 
 
 def parse_entities(raw: bytes, filename: str) -> tuple[list[str], list[str], list[str]]:
-    lines = _decode(raw, filename)
+    lines = decode_lines(raw, filename)
     if not lines:
         raise DataError(f"{filename}: empty file (expected a header 'id<TAB>name<TAB>description')")
     header = lines[0].split("\t")
@@ -129,7 +129,7 @@ def parse_entities(raw: bytes, filename: str) -> tuple[list[str], list[str], lis
 
 
 def parse_relations(raw: bytes, filename: str) -> dict[str, str]:
-    lines = _decode(raw, filename)
+    lines = decode_lines(raw, filename)
     if not lines or [h.strip().lower() for h in lines[0].split("\t")[:2]] not in (["id", "text"], ["relation", "text"]):
         raise DataError(f"{filename}:1: header must be 'id<TAB>text'")
     width = len(lines[0].split("\t"))
@@ -158,7 +158,7 @@ def parse_triples(raw: bytes, filename: str, entity_index: dict[str, int],
     already hold those of earlier splits: their numbers are kept)."""
     rows = []
     known = {r: i for i, r in enumerate(new_relations)} if relation_index is None else relation_index
-    for lineno, line in enumerate(_decode(raw, filename), start=1):
+    for lineno, line in enumerate(decode_lines(raw, filename), start=1):
         if not line.strip():
             continue
         head, rel, tail = (p.strip() for p in _fields(line, filename, lineno, 3))

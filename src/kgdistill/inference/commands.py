@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..data.dataset import decode_lines
 from ..errors import KGDistillError
 
 MAX_QUERY_FILE_BYTES = 1 << 30
@@ -65,14 +66,7 @@ def read_queries(path: str | Path) -> tuple[list[dict], list[int]]:
         raw = path.read_bytes()
     except OSError as exc:
         raise KGDistillError(f"{path}: cannot read the queries file ({exc.strerror})") from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise KGDistillError(f"{path}:{line}: not valid UTF-8") from None
-    lines = [line.rstrip("\r") for line in text.split("\n")]
+    lines = decode_lines(raw, str(path))
     first = next((line for line in lines if line.strip() and not line.lstrip().startswith("#")), "")
     jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson") or first.lstrip().startswith("{")
     queries, numbers = [], []

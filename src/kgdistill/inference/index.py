@@ -13,18 +13,17 @@ recall@10 against the exact search.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError, KGDistillError
-from ..io import MANIFEST, atomic_write_json, sha256_file
+from ..io import MANIFEST, atomic_write_bytes, atomic_write_json, sha256_file
 
 log = logging.getLogger("kgdistill")
 
@@ -225,16 +224,9 @@ class EntityIndex:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         npy, meta_path = folder / f"{stem}.npy", folder / f"{stem}.json"
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".npy", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(self.vectors), allow_pickle=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, npy)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(self.vectors), allow_pickle=False)
+        atomic_write_bytes(npy, buffer.getvalue())
         meta = {**self.meta, "format": INDEX_FORMAT, "version": INDEX_VERSION, "dtype": self.dtype,
                 "dim": self.dim, "count": self.num_base, "npy_bytes": npy.stat().st_size, "ids": self.ids}
         atomic_write_json(meta_path, meta)
