@@ -281,3 +281,21 @@ def test_pipeline_killed_mid_stage_resumes_that_stage_and_redoes_no_finished_one
     for stage in ("00-teacher", "01-pre-distilled", "02-grade1-2L"):
         assert_same_run(expected / stage, run / stage)
     assert (run / "report.md").is_file()
+
+
+def test_resume_cleans_torn_log_lines_and_stale_temp_folders(env, baseline, tmp_path):
+    from kgdistill.api import train
+
+    run = tmp_path / "run"
+    shutil.copytree(baseline("default"), run)
+    log = run / "train_log.jsonl"
+    state = json.loads((run / LAST / "trainer_state" / "state.json").read_text())
+    assert state["progress"]["step"] == TOTAL_STEPS
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write('{"step": 99, "loss": 1.0}\n{"step": 3, "lo')  # a redone step and a line torn by a kill
+    stale = run / ".checkpoint-last.abc123"
+    stale.mkdir()
+    train(make_config(env, "default"), run, resume=True, progress=False)
+    lines = log.read_text().splitlines()
+    assert all(json.loads(line)["step"] <= TOTAL_STEPS for line in lines)
+    assert not stale.exists()

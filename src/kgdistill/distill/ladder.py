@@ -77,8 +77,10 @@ def distill(config: RunConfig, teacher: str | Path, output_dir: str | Path, laye
         raise KGDistillError(f"model.plm '{config.model.plm}' has a different vocabulary from the teacher's "
                              f"({teacher_dir}); teacher and student must share a tokenizer")
     student.info.update({"teacher": str(teacher_dir), "mask_rate": mask_rate, "ablation": config.distill.ablation})
+    teaching = ("no teacher (direct)" if config.distill.ablation == "direct"
+                else f"mask rate {mask_rate:.2f}; ablation {config.distill.ablation}")
     print(f"student: {layers} layers from {student.info['initialised_from']} layers {student.info['layer_map']} "
-          f"(of {student.info['source_layers']}); mask rate {mask_rate:.2f}; ablation {config.distill.ablation}")
+          f"(of {student.info['source_layers']}); {teaching}")
     data = DataContext(config, tokenizer)
     write_run_info(run_dir, config, {"job": "distill", "teacher": str(teacher_dir), "layers": layers,
                                      "mask_rate": mask_rate, "dataset": data.kg.summary()})

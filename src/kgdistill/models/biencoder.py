@@ -87,6 +87,8 @@ class BiEncoder(nn.Module):
         """Write a self-contained model folder atomically: safetensors weights, config JSON, tokenizer, manifest."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
+        for stale in folder.parent.glob(f".{folder.name}.*"):  # left by a process killed while writing
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..config import RunConfig
 from ..data.batching import ExampleSet
 from ..errors import CheckpointError, KGDistillError
 from ..evaluation.ranking import autocast
-from ..io import atomic_write_json, environment_info, recover_dir
+from ..io import atomic_write_json, atomic_write_text, environment_info, recover_dir
 from . import distributed
 from .checkpoint import load_training_state, save_training_state
 
@@ -131,6 +132,8 @@ class Trainer:
     def resume(self) -> bool:
         """Restore the last checkpoint if there is one; returns whether training resumed."""
         folder = recover_dir(self.run_dir / LAST)
+        for stale in [*self.run_dir.glob(f".{LAST}.*"), *self.run_dir.glob(f".{BEST}.*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # half-written by a killed process
         if not folder.exists():
             return False
         from ..models.biencoder import BiEncoder
@@ -147,6 +150,11 @@ class Trainer:
             raise CheckpointError(f"{folder}: saved for {progress.get('total_steps')} steps but this run has "
                                   f"{self.total_steps}; resume with the same config")
         self.step = int(progress["step"])
+        log_path = self.run_dir / "train_log.jsonl"
+        if log_path.is_file():  # drop records of steps after the checkpoint: they are redone
+            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _logged_step(line) <= self.step]
+            atomic_write_text(log_path, "".join(line + "\n" for line in kept))
         self.best_valid = progress["best_valid"]
         self.skipped = int(progress["skipped"])
         return True
@@ -242,6 +250,13 @@ class Trainer:
             atomic_write_json(self.run_dir / "train_summary.json", result.__dict__)
         distributed.barrier()
         return result
+
+
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 2**62  # a line torn by a kill: dropped
 
 
 def write_run_info(run_dir: Path, config: RunConfig, extra: dict | None = None) -> None:
