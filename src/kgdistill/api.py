@@ -18,7 +18,6 @@ from .data.dataset import KnowledgeGraph, load_dataset
 from .data.text import TextBuilder, with_inverses
 from .errors import CheckpointError, KGDistillError
 from .evaluation.ranking import EvaluationResult, Evaluator, write_metrics
-from .io import atomic_write_json
 from .models.biencoder import BiEncoder, load_model_tokenizer
 from .models.plm import (build_student_encoder, even_layer_map, load_encoder, load_tokenizer, num_layers,
                          resolve_plm)
@@ -199,7 +198,3 @@ def evaluate(model_path: str | Path, dataset: str | None = None, split: str = "t
     out_dir = Path(output) if output else (folder.parent if folder.name in (LAST, BEST) else folder)
     write_metrics(result, out_dir)
     return result
-
-
-def save_json(path: Path, obj) -> None:
-    atomic_write_json(path, obj)

@@ -5,7 +5,6 @@ interrupted one resumes from its last checkpoint.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +157,3 @@ def pipeline(config: RunConfig, output_dir: str | Path, teacher: str | Path | No
     report = build_report([(s.name, d) for s, d in done])
     report.save(out)
     return report
-
-
-def load_stage_metrics(stage_dir: Path) -> dict:
-    return json.loads((stage_dir / "metrics.json").read_text(encoding="utf-8"))
