@@ -1,7 +1,15 @@
-"""HTTP service: good and bad requests through fastapi.testclient, and a bounded schema fuzz (no 5xx)."""
+"""HTTP service: good and bad requests through fastapi.testclient, micro-batching and deadlines, a bounded schema
+fuzz (no 5xx), and the loopback load test script on a tiny model."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +20,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from kgdistill.api import train  # noqa: E402
 from kgdistill.config import build_config  # noqa: E402
-from kgdistill.inference.predictor import Predictor  # noqa: E402
+from kgdistill.inference.batching import MicroBatcher  # noqa: E402
+from kgdistill.inference.predictor import Predictor, ResolvedQuery  # noqa: E402
 from kgdistill.inference.server import create_app  # noqa: E402
 
 MAX_BODY = 8 * 1024
@@ -170,6 +179,147 @@ def test_malformed_json_oversized_body_and_methods(client):
     assert client.post("/score", json={"head": "E0", "relation": "hypernym"}).status_code == 422
 
 
+# ---------------------------------------------------------------------------------------------------- batching
+def _same_answers(got: dict, want: dict) -> None:
+    """Equal but for float noise: a batched forward pads differently from a single one."""
+    for key in set(got) | set(want):
+        if key not in ("results", "filtered"):
+            assert got[key] == want[key]
+    for key in ("results", "filtered"):
+        assert [{**x, "score": None} for x in got[key]] == [{**x, "score": None} for x in want[key]]
+        assert [x["score"] for x in got[key]] == pytest.approx([x["score"] for x in want[key]], abs=1e-5)
+
+
+def _wait_for(condition, seconds: float = 20.0) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.005)
+
+
+class Gated:
+    """An app whose model calls are recorded and held until ``gate`` opens, so requests queue meanwhile."""
+
+    def __init__(self, app, client):
+        self.app, self.client = app, client
+        self.calls: list[list[ResolvedQuery]] = []
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def computed(self) -> list[str]:
+        return [q.entity.id for call in self.calls for q in call]
+
+
+@pytest.fixture()
+def gated(predictor, monkeypatch):
+    made: list[Gated] = []
+    real = predictor.predict_resolved
+    clients = ExitStack()
+
+    def make(**app_args) -> Gated:
+        app = create_app(predictor, max_body_bytes=MAX_BODY, **app_args)
+        g = Gated(app, clients.enter_context(TestClient(app, raise_server_exceptions=False)))
+        made.append(g)
+
+        def spy(queries):
+            g.calls.append(list(queries))
+            g.entered.set()
+            assert g.gate.wait(20)
+            return real(queries)
+
+        monkeypatch.setattr(predictor, "predict_resolved", spy)
+        return g
+
+    yield make
+    for g in made:
+        g.gate.set()
+    clients.close()
+
+
+def test_batcher_error_goes_to_its_batch_and_it_restarts_after_close():
+    def run(items):
+        if "boom" in items:
+            raise RuntimeError("boom")
+        return [x.upper() for x in items]
+
+    batcher = MicroBatcher(run, max_batch=4)
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher.submit("boom").result(timeout=20)
+    assert batcher.submit("ok").result(timeout=20) == "OK"
+    batcher.close()
+    assert batcher.submit("again").result(timeout=20) == "AGAIN"
+    batcher.close()
+
+
+def test_concurrent_requests_match_sequential_answers(client, predictor):
+    bodies = [("/predict/tails", {"head": f"E{i}", "relation": ["hypernym", "has part", "r_sim"][i % 3],
+                                  "k": 1 + i % 7, "filter_known": i % 2 == 0}) for i in range(12)]
+    bodies += [("/predict/heads", {"relation": "hypernym", "tail": f"E{i}", "k": 3}) for i in range(6)]
+    bodies.append(("/predict/tails", {"head": {"name": "grey wolf", "description": "wild"}, "relation": "hypernym"}))
+    want = [client.post(path, json=body).json() for path, body in bodies]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        got = list(pool.map(lambda pb: client.post(pb[0], json=pb[1]), bodies))
+    for (path, body), response, expected in zip(bodies, got, want):
+        assert response.status_code == 200, response.text
+        _same_answers(response.json(), expected)
+        assert len(response.json()["results"]) == body.get("k", 10)
+
+
+def test_requests_arriving_together_share_one_model_call(gated, predictor):
+    g = gated()
+    bodies = [{"head": f"E{i}", "relation": "hypernym", "k": 1 + i % 5, "filter_known": i % 3 > 0}
+              for i in range(1, 17)]
+    with ThreadPoolExecutor(17) as pool:
+        first = pool.submit(g.client.post, "/predict/tails", json={"head": "E0", "relation": "hypernym"})
+        assert g.entered.wait(20)  # the worker is busy with the first request: the others queue
+        futures = [pool.submit(g.client.post, "/predict/tails", json=body) for body in bodies]
+        _wait_for(lambda: g.app.state.batcher.pending() == len(bodies))
+        g.gate.set()
+        responses = [f.result() for f in futures]
+    assert first.result().status_code == 200
+    assert [len(call) for call in g.calls] == [1, 16]  # 17 requests, two model calls
+    for body, response in zip(bodies, responses):
+        assert response.status_code == 200, response.text
+        _same_answers(response.json(), predictor.predict_tails(body["head"], "hypernym", body["k"],
+                                                               body["filter_known"]).to_dict())
+
+
+def test_a_bad_request_fails_alone(gated, predictor):
+    g = gated()
+    good = [{"head": f"E{i}", "relation": "has part", "k": 2} for i in range(3, 7)]
+    bad = [({"head": "nobody", "relation": "has part"}, 404), ({"head": "E3", "relation": "eats"}, 404),
+           ({"head": predictor.kg.entity_names[1], "relation": "has part"}, 422)]
+    with ThreadPoolExecutor(8) as pool:
+        pool.submit(g.client.post, "/predict/tails", json={"head": "E0", "relation": "hypernym"})
+        assert g.entered.wait(20)
+        futures = [pool.submit(g.client.post, "/predict/tails", json=body) for body in good + [b for b, _ in bad]]
+        for (_, status), future in zip(bad, futures[len(good):]):  # answered while the model is still busy
+            assert future.result(timeout=20).status_code == status
+        _wait_for(lambda: g.app.state.batcher.pending() == len(good))
+        g.gate.set()
+        responses = [f.result() for f in futures[:len(good)]]
+    assert [len(call) for call in g.calls] == [1, len(good)]
+    for body, response in zip(good, responses):
+        assert response.status_code == 200
+        _same_answers(response.json(), predictor.predict_tails(body["head"], "has part", k=2).to_dict())
+
+
+def test_deadline_answers_503_and_drops_queued_work(gated):
+    g = gated(request_timeout=0.3)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(g.client.post, "/predict/tails", json={"head": "E0", "relation": "hypernym"})
+        assert g.entered.wait(20)
+        queued = g.client.post("/predict/heads", json={"relation": "hypernym", "tail": "E5"})
+        assert queued.status_code == 503 and "not answered within 0.3 s" in queued.json()["detail"]
+        assert running.result().status_code == 503  # still computing at its deadline
+        score = g.client.post("/score", json={"head": "E0", "relation": "hypernym", "tail": "E1"})
+        assert score.status_code == 503  # waits for the same model
+    g.gate.set()
+    after = g.client.post("/predict/tails", json={"head": "E7", "relation": "hypernym", "k": 2})
+    assert after.status_code == 200 and len(after.json()["results"]) == 2
+    assert g.client.post("/score", json={"head": "E0", "relation": "hypernym", "tail": "E1"}).status_code == 200
+    assert g.computed() == ["E0", "E7"]  # E5 timed out in the queue: never computed
+
+
 # ---------------------------------------------------------------------------------------------------- fuzz
 def test_schema_fuzz_never_5xx(app):
     schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is optional (pip install schemathesis)")
@@ -195,3 +345,24 @@ def test_schema_fuzz_never_5xx(app):
                 continue
             seen += 1
     assert seen >= 9  # five operations, both generation modes (but GET /health)
+
+
+# ---------------------------------------------------------------------------------------------------- load test script
+def test_serve_load_script_end_to_end(predictor, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server's torch threads, as conftest sets this process's
+    spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).parents[1] / "bench" / "serve_load.py")
+    serve_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_load)
+    out = tmp_path / "load.json"
+    report = serve_load.main(["--model", predictor.info["model_dir"], "--device", "cpu", "--sequential", "10",
+                              "--warmup", "2", "--requests", "20", "--clients", "4", "--json-out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == report
+    assert saved["errors_5xx"] == 0
+    assert saved["sequential"]["status"] == {"200": 10} and saved["concurrent"]["status"] == {"200": 20}
+    assert saved["in_process"]["n"] == saved["sequential"]["n"] == 10 and saved["concurrent"]["n"] == 20
+    for phase in ("in_process", "sequential", "concurrent"):
+        assert 0 < saved[phase]["p50_ms"] <= saved[phase]["p99_ms"] <= saved[phase]["max_ms"]
+        assert saved[phase]["qps"] > 0
+    assert saved["concurrent"]["clients"] == 4
+    assert saved["server"]["started"] and saved["server"]["health"]["entities"] == predictor.kg.num_entities

@@ -169,12 +169,18 @@ def cmd_serve(args) -> None:
     _require_fastapi()
     if not 1 <= args.port <= 65535:
         raise KGDistillError(f"--port {args.port}: expected 1..65535")
-    if args.max_body_bytes < 1:
-        raise KGDistillError("--max-body-bytes: must be positive")
+    for flag, value in (("--max-body-bytes", args.max_body_bytes), ("--request-timeout", args.request_timeout),
+                        ("--max-batch", args.max_batch), ("--limit-concurrency", args.limit_concurrency),
+                        ("--keep-alive", args.keep_alive)):
+        if not value > 0:
+            raise KGDistillError(f"{flag}: must be positive")
+    if not args.batch_wait_ms >= 0:
+        raise KGDistillError("--batch-wait-ms: must be 0 or more")
     predictor = _load_predictor(args)
     print(f"serving {predictor.kg.name} ({predictor.num_entities} entities) on http://{args.host}:{args.port} "
           f"(OpenAPI: /docs)", file=sys.stderr)
-    serve(predictor, args.host, args.port, args.max_body_bytes)
+    serve(predictor, args.host, args.port, args.max_body_bytes, args.request_timeout, args.max_batch,
+          args.batch_wait_ms, args.limit_concurrency, args.keep_alive)
 
 
 def add_commands(sub) -> None:
@@ -210,4 +216,13 @@ def add_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="default %(default)s")
     p.add_argument("--port", type=int, default=8000, help="default %(default)s")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="request body limit; default %(default)s")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a request may wait for and use the model, else 503; default %(default)s")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="most concurrent prediction requests answered by one model call; default %(default)s")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0,
+                   help="while requests arrive together, wait this long for a batch to fill; default %(default)s")
+    p.add_argument("--limit-concurrency", type=int, default=256,
+                   help="connections and requests in flight, more are answered 503; default %(default)s")
+    p.add_argument("--keep-alive", type=int, default=5, help="idle keep-alive timeout in seconds; default %(default)s")
     p.set_defaults(func=cmd_serve)

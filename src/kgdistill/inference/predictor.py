@@ -92,6 +92,19 @@ class ScoredEntity:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass(frozen=True)
+class ResolvedQuery:
+    """A resolved query (see :meth:`Predictor.resolve_query`): resolution errors are raised before any model call,
+    so a batch of resolved queries (:meth:`Predictor.predict_resolved`) cannot fail because of one bad request."""
+
+    entity: Entity
+    relation: int  # head prediction is already tail prediction on the inverse relation
+    direction: str  # 'tail' (head, relation, ?) or 'head' (?, relation, tail)
+    k: int = 10
+    filter_known: bool = True
+    keep: frozenset[int] = frozenset()  # rows never filtered (e.g. the gold answer)
+
+
 @dataclass
 class Prediction:
     """Top-k answers of one query, and the known answers that ``filter_known`` removed from them."""
@@ -475,15 +488,15 @@ class Predictor:
     def _splits_of(self, head: int, relation: int, tail: int) -> list[str]:
         return [s for s in SPLITS if tail in set(self.known_split[s].tails_of(head, relation).tolist())]
 
-    def _rank(self, entity: Entity, relation: int, vector: torch.Tensor, k: int, filter_known: bool,
-              keep: set[int], direction: str) -> Prediction:
-        known = self._known(entity, relation) if filter_known else np.zeros(0, dtype=np.int64)
-        known_set = set(known.tolist()) - keep
-        want = min(self.num_entities, k + len(known_set))
+    def _rank(self, query: ResolvedQuery, vector: torch.Tensor) -> Prediction:
+        entity, relation = query.entity, query.relation
+        known = self._known(entity, relation) if query.filter_known else np.zeros(0, dtype=np.int64)
+        known_set = set(known.tolist()) - query.keep
+        want = min(self.num_entities, query.k + len(known_set))
         scores, rows = self.index.search(vector[None], want)
         results, filtered = [], []
         for score, row in zip(scores[0].tolist(), rows[0].tolist()):
-            if row < 0 or len(results) >= k:
+            if row < 0 or len(results) >= query.k:
                 continue
             if row in known_set:
                 filtered.append(ScoredEntity(self.entity_id(row), self.entity_name(row), float(score),
@@ -493,36 +506,53 @@ class Predictor:
         r = self.kg.num_relations
         described = ({"id": entity.id, "name": entity.name} if entity.row is not None
                      else {"name": entity.name, "text": entity.text})
-        return Prediction(direction, described, self.texts.relation_text(relation % r),
+        return Prediction(query.direction, described, self.texts.relation_text(relation % r),
                           self.kg.relation_ids[relation % r], results, filtered, len(known_set))
+
+    @staticmethod
+    def _check_k(k: Any) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise PredictionError(f"k: expected an integer in 1..{MAX_K:,}, got {k!r}")
+
+    def resolve_query(self, entity: Any, relation: Any, direction: str = "tail", k: int = 10,
+                      filter_known: bool = True, keep: frozenset[int] = frozenset()) -> ResolvedQuery:
+        """Check and resolve one query without the model, so that its errors are its own (the HTTP service
+        resolves each request before batching it); ``direction`` 'tail' predicts tails of (entity, relation, ?),
+        'head' heads of (?, relation, entity); ``keep``: rows never filtered."""
+        if direction not in ("tail", "head"):
+            raise PredictionError(f"direction: expected 'tail' or 'head', got {direction!r}")
+        self._check_k(k)
+        e = self.resolve_entity(entity, "head" if direction == "tail" else "tail")
+        rel = self.resolve_relation(relation)
+        if direction == "head":  # (?, r, t) is (t, inverse r, ?); an inverse relation turns back to forward
+            r = self.kg.num_relations
+            rel = (rel + r) % (2 * r)
+        return ResolvedQuery(e, rel, direction, k, filter_known, keep)
+
+    def predict_resolved(self, queries: list[ResolvedQuery]) -> list[Prediction]:
+        """One query-encoder call for all ``queries``, then each is ranked with its own k and filter."""
+        if not queries:
+            return []
+        vectors = self.query_vectors([(q.entity, q.relation) for q in queries])
+        return [self._rank(q, vector) for q, vector in zip(queries, vectors)]
 
     def _predict(self, queries: list[tuple[Any, Any, str]], k: int, filter_known: bool, keep=(),
                  progress: bool = False) -> list[Prediction]:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise PredictionError(f"k: expected an integer in 1..{MAX_K:,}, got {k!r}")
+        self._check_k(k)  # before the queries: a bad k is no query's fault
+        keep_rows = frozenset(row for row in (self.resolve_entity(x, "keep").row for x in keep) if row is not None)
         resolved = []
-        r = self.kg.num_relations
         for i, (entity, relation, direction) in enumerate(queries):
-            what = "head" if direction == "tail" else "tail"
             try:
-                e = self.resolve_entity(entity, what)
-                rel = self.resolve_relation(relation)
+                resolved.append(self.resolve_query(entity, relation, direction, k, filter_known, keep_rows))
             except PredictionError as exc:
                 exc.query_index = i  # which query of a batch (the CLI names the file line)
                 raise
-            if direction == "head":  # (?, r, t) is (t, inverse r, ?); an inverse relation turns back to forward
-                rel = (rel + r) % (2 * r)
-            resolved.append((e, rel, direction))
-        keep_rows = {self.resolve_entity(x, "keep").row for x in keep}
-        keep_rows.discard(None)
         out: list[Prediction] = []
         chunk = max(1, self.config.eval.batch_size)
         bar = tqdm(total=len(resolved), desc="predict", unit="query", disable=not progress, leave=False)
         for start in range(0, len(resolved), chunk):
             part = resolved[start:start + chunk]
-            vectors = self.query_vectors([(e, rel) for e, rel, _ in part])
-            for (e, rel, direction), vector in zip(part, vectors):
-                out.append(self._rank(e, rel, vector, k, filter_known, keep_rows, direction))
+            out.extend(self.predict_resolved(part))
             bar.update(len(part))
         bar.close()
         return out

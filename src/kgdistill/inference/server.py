@@ -10,15 +10,23 @@
 
 An entity is an id, a name, or ``{"name": ..., "description": ...}`` for an entity the model has never seen.
 Unknown entities and relations answer 404, ambiguous names and invalid values 422 (with the candidate ids),
-malformed JSON 422, a body over the size limit 413. The predictor and its index are loaded before the app is built;
-no endpoint touches the file system.
+malformed JSON 422, a body over the size limit 413, a request not answered within the deadline 503. The predictor
+and its index are loaded before the app is built; no endpoint touches the file system.
+
+Prediction requests are resolved one by one (their errors are their own), then queued to a
+:class:`~kgdistill.inference.batching.MicroBatcher`: requests that arrive while the model is busy are answered by one
+batched query-encoder call. One model call runs at a time (``/score`` takes the same lock): torch already uses every
+core.
 """
+import asyncio
 import json
 import threading
+from contextlib import asynccontextmanager
 from typing import Annotated, Literal, Union
 
 from ..errors import KGDistillError
-from .predictor import AmbiguousEntityError, Predictor, UnknownEntityError, UnknownRelationError
+from .batching import MicroBatcher
+from .predictor import AmbiguousEntityError, Predictor, ResolvedQuery, UnknownEntityError, UnknownRelationError
 
 try:
     from fastapi import FastAPI, Query, Request
@@ -36,10 +44,19 @@ MAX_RELATION_CHARS = 200
 MAX_PREFIX_CHARS = 100
 MAX_K = 1000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_REQUEST_TIMEOUT = 30.0  # seconds a request may wait for and use the model
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_WAIT_MS = 2.0
+DEFAULT_LIMIT_CONCURRENCY = 256  # connections and requests in flight; more are answered 503 by uvicorn
+DEFAULT_KEEP_ALIVE = 5  # seconds an idle keep-alive connection is kept
 
 
 class ServeUnavailableError(KGDistillError):
     """The HTTP service needs fastapi and uvicorn."""
+
+
+class RequestTimeoutError(KGDistillError):
+    """A request was not answered within the service's deadline (the model is overloaded)."""
 
 
 def _require_fastapi() -> None:
@@ -207,6 +224,8 @@ def _json(status: int, content) -> "Response":
 
 
 def _error(exc: Exception) -> "Response":
+    if isinstance(exc, RequestTimeoutError):
+        return _json(503, {"detail": str(exc)})
     status = 404 if isinstance(exc, (UnknownEntityError, UnknownRelationError)) else 422
     body = {"detail": str(exc)}
     if isinstance(exc, AmbiguousEntityError):
@@ -214,21 +233,44 @@ def _error(exc: Exception) -> "Response":
     return _json(status, body)
 
 
-def create_app(predictor: Predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> "FastAPI":
-    """The FastAPI app serving ``predictor`` (already loaded, index included)."""
+def create_app(predictor: Predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               request_timeout: float = DEFAULT_REQUEST_TIMEOUT, max_batch: int = DEFAULT_MAX_BATCH,
+               max_wait_ms: float = DEFAULT_MAX_WAIT_MS) -> "FastAPI":
+    """The FastAPI app serving ``predictor`` (already loaded, index included).
+
+    ``request_timeout``: seconds a request may wait for the model and use it before it is answered 503 (a queued
+    one is then dropped, not computed); ``max_batch``, ``max_wait_ms``: see :class:`MicroBatcher`.
+    """
     _require_fastapi()
     from .. import __version__
 
-    app = FastAPI(title="kgdistill", version=__version__,
+    if request_timeout <= 0:
+        raise ValueError(f"request_timeout: expected a positive number of seconds, got {request_timeout}")
+    lock = threading.Lock()  # one model call at a time: the CPU is already used by torch's own threads
+
+    def run_batch(queries: list[ResolvedQuery]):
+        with lock:
+            return predictor.predict_resolved(queries)
+
+    batcher = MicroBatcher(run_batch, max_batch, max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await asyncio.to_thread(batcher.close)
+
+    app = FastAPI(title="kgdistill", version=__version__, lifespan=lifespan,
                   description="Knowledge graph completion with a trained SimKGC / PMD bi-encoder: tail and head "
                               "prediction, triple scores. An entity is an id, a name, or {name, description} "
                               "for an unseen entity.")
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.state.predictor = predictor
-    lock = threading.Lock()  # one model call at a time: the CPU is already used by torch's own threads
+    app.state.batcher = batcher
+    timeout_detail = f"not answered within {request_timeout:g} s (the service is overloaded); retry later"
     errors = {404: {"model": ErrorOut, "description": "unknown entity or relation"},
               413: {"model": ErrorOut, "description": "request body too large"},
-              422: {"description": "invalid request (validation error, ambiguous name)"}}
+              422: {"description": "invalid request (validation error, ambiguous name)"},
+              503: {"model": ErrorOut, "description": "not answered within the deadline, or too many requests"}}
 
     @app.exception_handler(KGDistillError)
     async def _user_error(request: Request, exc: KGDistillError):
@@ -242,28 +284,35 @@ def create_app(predictor: Predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
     async def _internal_error(request: Request, exc: Exception):  # never leak a traceback
         return _json(500, {"detail": "internal error"})
 
-    def _prediction(pred) -> dict:
+    async def _predict(query: ResolvedQuery) -> dict:
+        """Queue a resolved query to the batcher; past the deadline its future is cancelled (dropped if queued)."""
+        try:
+            pred = await asyncio.wait_for(asyncio.wrap_future(batcher.submit(query)), request_timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(timeout_detail) from None
         return pred.to_dict()
 
     @app.post("/predict/tails", response_model=PredictionOut, responses=errors, summary="(head, relation, ?)")
-    def predict_tails(query: TailQuery):
-        with lock:
-            pred = predictor.predict_tails(_entity_arg(query.head), query.relation, query.k, query.filter_known)
-        return _prediction(pred)
+    async def predict_tails(query: TailQuery):
+        return await _predict(predictor.resolve_query(_entity_arg(query.head), query.relation, "tail", query.k,
+                                                      query.filter_known))
 
     @app.post("/predict/heads", response_model=PredictionOut, responses=errors, summary="(?, relation, tail)")
-    def predict_heads(query: HeadQuery):
-        with lock:
-            pred = predictor.predict_heads(query.relation, _entity_arg(query.tail), query.k, query.filter_known)
-        return _prediction(pred)
+    async def predict_heads(query: HeadQuery):
+        return await _predict(predictor.resolve_query(_entity_arg(query.tail), query.relation, "head", query.k,
+                                                      query.filter_known))
 
     @app.post("/score", response_model=ScoreOut, responses=errors, summary="cosine score of a triple")
     def score(query: ScoreQuery):
-        with lock:
-            head = predictor.resolve_entity(_entity_arg(query.head), "head")
-            tail = predictor.resolve_entity(_entity_arg(query.tail), "tail")
-            relation = predictor.resolve_relation(query.relation)
+        head = predictor.resolve_entity(_entity_arg(query.head), "head")
+        tail = predictor.resolve_entity(_entity_arg(query.tail), "tail")
+        relation = predictor.resolve_relation(query.relation)
+        if not lock.acquire(timeout=request_timeout):
+            raise RequestTimeoutError(timeout_detail)
+        try:
             value = predictor.score(_entity_arg(query.head), query.relation, _entity_arg(query.tail))
+        finally:
+            lock.release()
 
         def describe(e):
             return {"id": e.id, "name": e.name} if e.id is not None else {"name": e.name, "text": e.text}
@@ -286,11 +335,15 @@ def create_app(predictor: Predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
 
 
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
-          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-    """Run the app with uvicorn (blocking)."""
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+          max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+          limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY, timeout_keep_alive: int = DEFAULT_KEEP_ALIVE) -> None:
+    """Run the app with uvicorn (blocking); over ``limit_concurrency`` connections or requests uvicorn answers 503,
+    so an overload costs refusals, not unbounded memory."""
     _require_fastapi()
     try:
         import uvicorn
     except ImportError:
         raise ServeUnavailableError("kgdistill serve needs uvicorn (pip install uvicorn)") from None
-    uvicorn.run(create_app(predictor, max_body_bytes), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(predictor, max_body_bytes, request_timeout, max_batch, max_wait_ms), host=host, port=port,
+                log_level="info", limit_concurrency=limit_concurrency, timeout_keep_alive=timeout_keep_alive)
