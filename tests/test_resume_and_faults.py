@@ -34,7 +34,8 @@ TOTAL_STEPS = 12  # the tiny KG has 84 training queries: 10 steps an epoch, so t
 ARGS = ["data.max_tokens=24", "data.valid_limit=16", "train.batch_size=8", "train.lr=0.001",
         f"train.max_steps={TOTAL_STEPS}", "train.warmup_steps=2", "train.checkpoint_every=1", "train.log_every=1",
         "train.precision=fp32", "train.device=cpu", "train.num_threads=1", "eval.batch_size=16"]
-VARIANTS = {"default": [], "pre-batch": ["loss.pre_batch=2"]}  # pre-batch: a negative queue in the objective state
+VARIANTS = {"default": [], "pre-batch": ["loss.pre_batch=2"],  # pre-batch: a negative queue in the objective state
+            "bucketing": ["train.length_bucketing=true", "train.bucket_pool=3"]}  # batch order from lengths
 
 
 class Crash(Exception):
@@ -109,6 +110,7 @@ def assert_same_run(expected: Path, got: Path, optimizer_state: bool = True) -> 
     pytest.param("default", 4, 6, "mid-step", id="mid-step-7-last-checkpoint-4"),
     pytest.param("default", 3, 10, "mid-step", id="after-epoch-boundary-and-validation"),
     pytest.param("pre-batch", 2, 7, "mid-step", id="pre-batch-queue"),
+    pytest.param("bucketing", 3, 10, "mid-step", id="length-bucketing-after-epoch-boundary"),
 ])
 def test_interrupted_run_resumes_to_identical_weights(variant, checkpoint_every, crash_step, where, env, baseline):
     """``crash_step``: after-save -> right after the checkpoint of step ``crash_step``; mid-step -> inside the forward

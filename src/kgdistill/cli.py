@@ -12,6 +12,16 @@ from .errors import KGDistillError
 EXIT_USER_ERROR = 2
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _config_args(parser: argparse.ArgumentParser, preset_default: str = "quick") -> None:
     parser.add_argument("--dataset", help="bundled dataset name (wn18rr, fb15k-237) or a dataset folder")
     parser.add_argument("--plm", help="'default' (packaged all-MiniLM-L6-v2) or a local Hugging Face model folder")
@@ -84,9 +94,13 @@ def cmd_pipeline(args) -> None:
 def cmd_bench(args) -> None:
     from pathlib import Path
 
-    from .benchmark import append_markdown, run
+    from .benchmark import append_markdown, run, synthetic_streaming
 
-    results = run(quick=args.quick, model_dir=args.model, repeats=args.repeats)
+    if args.synthetic_entities:
+        results = synthetic_streaming(args.synthetic_entities, args.synthetic_queries, args.shards_dir,
+                                      args.shard_size, args.query_chunk)
+    else:
+        results = run(quick=args.quick, model_dir=args.model, repeats=args.repeats)
     if args.json:
         print(json.dumps(results))
     else:
@@ -138,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--append", metavar="FILE", help="append the results to a Markdown file (BENCHMARKS.md)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--synthetic-entities", type=_positive_int, metavar="N",
+                   help="only measure streaming evaluation: N random fp16 entity vectors in shards on disk "
+                        "(no encoding)")
+    p.add_argument("--synthetic-queries", type=_positive_int, default=2000, metavar="Q")
+    p.add_argument("--shards-dir", help="parent folder of the temporary shards (default: the system temp folder)")
+    p.add_argument("--shard-size", type=_positive_int, default=262_144)
+    p.add_argument("--query-chunk", type=_positive_int, default=1024)
     p.set_defaults(func=cmd_bench)
 
     from .inference.commands import add_commands

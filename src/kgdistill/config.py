@@ -77,6 +77,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between 'last' checkpoints (also written at the end of each epoch)
     skip_nonfinite: bool = False  # skip a batch whose loss is NaN/inf instead of stopping (counted)
     gradient_cache_chunk: int | None = None  # encode in chunks of this size to fit large batches in small memory
+    length_bucketing: bool = False  # batches of similar token length (less padding); see data.batching.BatchOrder
+    bucket_pool: int = 32  # batches' worth of shuffled examples sorted by length together when bucketing
+    compile: bool = False  # torch.compile the encoders (dynamic shapes); pays only over long runs
 
 
 @dataclass
@@ -93,6 +96,11 @@ class EvalConfig:
     max_queries: int | None = None  # evaluate only the first N triples of the split (quick runs say so)
     checkpoint: str = "last"  # last | best
     dump_predictions: bool = False
+    # Millions of entities: entity vectors go to fp16 shards on disk (memory-mapped) and queries are streamed against
+    # them one shard at a time, so memory is bounded by query_chunk x shard_size instead of query_chunk x |E|.
+    streaming: bool = False
+    shard_size: int = 262_144  # entities per shard (1024 x 262,144 fp32 scores = 1 GiB a block)
+    shards_dir: str | None = None  # where the shards are written (kept); None: a temporary folder, removed afterwards
 
 
 @dataclass
@@ -369,11 +377,15 @@ def validate(config: RunConfig) -> None:
     positive("train.validate_every", config.train.validate_every)
     positive("train.checkpoint_every", config.train.checkpoint_every)
     positive("train.gradient_cache_chunk", config.train.gradient_cache_chunk)
+    positive("train.bucket_pool", config.train.bucket_pool)
     positive("eval.batch_size", config.eval.batch_size)
     positive("eval.query_chunk", config.eval.query_chunk)
     positive("eval.rerank_weight", config.eval.rerank_weight, allow_zero=True)
     positive("eval.rerank_hops", config.eval.rerank_hops, allow_zero=True)
     positive("eval.max_queries", config.eval.max_queries)
+    positive("eval.shard_size", config.eval.shard_size)
+    if config.eval.shards_dir == "":
+        raise ConfigError("config key 'eval.shards_dir': must be a folder path or null (a temporary folder)")
     d = config.distill
     for key in ("alpha", "beta"):
         value = getattr(d, key)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import TrainConfig
 from .text import TextBuilder
 
 
@@ -208,6 +209,21 @@ class ExampleSet:
     def __len__(self) -> int:
         return len(self.queries)
 
+    def encoder_lengths(self, with_heads: bool) -> list[np.ndarray]:
+        """Per-example token counts of each input a training step encodes (query, tail, and head alone if used)."""
+        entity = self.entity_tokens.lengths()
+        parts = [self.hr_tokens.lengths()[self.hr_index], entity[self.tail_index]]
+        return parts + [entity[self.head_index]] if with_heads else parts
+
+    def padding_waste(self, batches: np.ndarray, with_heads: bool) -> float:
+        """Fraction of pad tokens in the inputs :func:`pad` builds for ``batches`` (one row of rows per step)."""
+        used = slots = 0
+        for lengths in self.encoder_lengths(with_heads):
+            per_batch = lengths[batches]
+            used += int(per_batch.sum())
+            slots += int(per_batch.max(1).sum()) * batches.shape[1]
+        return 1 - used / slots
+
     def _pad(self, store: TokenStore, rows: np.ndarray) -> EncoderBatch:
         return pad([store.get(int(i)) for i in rows], self.pad_id, self.tokenized.uses_token_types, self.sep_id)
 
@@ -221,6 +237,54 @@ class ExampleSet:
 
     def query_batch(self, rows: np.ndarray) -> EncoderBatch:
         return self._pad(self.hr_tokens, self.hr_index[rows])
+
+
+class BatchOrder:
+    """Which training rows each step takes: a pure function of (seed, step), so a resumed run draws the same batches.
+
+    Each epoch is a seeded permutation cut into full batches (the remainder is left out). With ``lengths`` (query and
+    tail token counts, one row per example) batches are length-bucketed to cut padding while staying random enough
+    for in-batch negatives: the permutation is split into pools of ``pool`` batches; a pool is sorted by query length,
+    cut into about sqrt(pool) groups of whole batches, and each group sorted by tail length, so a batch holds queries
+    and tails of similar length (the head-alone text is the query's entity: it follows). The epoch's batches are then
+    shuffled, so each step draws a random pool's slice and lengths come in random order.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, lengths: np.ndarray | None = None, pool: int = 32):
+        self.size, self.batch_size, self.seed, self.lengths, self.pool = size, batch_size, seed, lengths, pool
+        self.steps_per_epoch = size // batch_size
+        self._epoch: tuple[int, np.ndarray] | None = None
+
+    @classmethod
+    def for_training(cls, examples: ExampleSet, config: TrainConfig, seed: int) -> "BatchOrder":
+        """The order ``config`` asks for (``train.length_bucketing``, ``train.bucket_pool``)."""
+        lengths = np.stack(examples.encoder_lengths(with_heads=False), 1) if config.length_bucketing else None
+        return cls(len(examples), config.batch_size, seed, lengths, config.bucket_pool)
+
+    def _bucket(self, rows: np.ndarray) -> np.ndarray:
+        by_query = rows[np.argsort(self.lengths[rows, 0], kind="stable")]
+        batches = len(rows) // self.batch_size
+        cuts = self.batch_size * np.round(np.linspace(0, batches, max(1, round(batches ** 0.5)) + 1)).astype(int)
+        return np.concatenate([group[np.argsort(self.lengths[group, 1], kind="stable")]
+                               for group in np.split(by_query, cuts[1:-1])])
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """The epoch's rows as a (steps_per_epoch, batch_size) array, one row of it a step."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            perm = rng.permutation(self.size)[:self.steps_per_epoch * self.batch_size]
+            if self.lengths is not None:
+                span = self.pool * self.batch_size
+                perm = np.concatenate([self._bucket(rows) for rows in np.split(perm, range(span, len(perm), span))])
+            batches = perm.reshape(self.steps_per_epoch, self.batch_size)
+            if self.lengths is not None:
+                batches = batches[rng.permutation(self.steps_per_epoch)]
+            self._epoch = (epoch, batches)
+        return self._epoch[1]
+
+    def rows(self, step: int) -> np.ndarray:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        return self.epoch(epoch)[index]
 
 
 def entity_token_store(texts: TextBuilder, tokenized: Tokenized, name: str) -> TokenStore:

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +21,9 @@ from ..data.text import TextBuilder, with_inverses
 from ..io import atomic_write_json
 from .metrics import rank_metrics
 
+if TYPE_CHECKING:
+    from .streaming import EntityShards
+
 METRIC_KEYS = ("mr", "mrr", "hits@1", "hits@3", "hits@10")
 
 
@@ -28,19 +35,24 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def encode_store(encode, store: TokenStore, tokenized: Tokenized, device: torch.device, batch_size: int,
-                 precision: str = "auto", desc: str | None = None) -> torch.Tensor:
-    """Encode every sequence of a token store, shortest first so that batches carry little padding."""
-    order = np.argsort(store.lengths(), kind="stable")
+                 precision: str = "auto", desc: str | None = None, rows: np.ndarray | None = None) -> torch.Tensor:
+    """Encode ``rows`` of a token store (default: all), shortest first so that batches carry little padding.
+
+    The output follows the order of ``rows``; encoding a contiguous range at a time lets the streaming evaluator
+    write entity vectors straight into shards.
+    """
+    rows = np.arange(len(store)) if rows is None else np.asarray(rows)
+    order = np.argsort(store.lengths()[rows], kind="stable")
     out = None
     bar = tqdm(total=len(order), desc=desc, unit="seq", disable=desc is None, leave=False)
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+        positions = order[start:start + batch_size]
         with autocast(device, precision):
-            vectors = encode(pad_store_rows(store, rows, tokenized).to(device)).vectors
+            vectors = encode(pad_store_rows(store, rows[positions], tokenized).to(device)).vectors
         if out is None:
             out = torch.empty(len(order), vectors.shape[1], dtype=torch.float32, device=device)
-        out[torch.as_tensor(rows, device=device)] = vectors.float()
-        bar.update(len(rows))
+        out[torch.as_tensor(positions, device=device)] = vectors.float()
+        bar.update(len(positions))
     bar.close()
     return out
 
@@ -63,8 +75,8 @@ class NeighborhoodReranker:
         self.adjacency = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, n))
         self.adjacency.data[:] = 1.0
 
-    def bonus(self, heads: np.ndarray) -> torch.Tensor:
-        """(len(heads), n) boolean 'within n hops' matrix (the head itself included)."""
+    def reach(self, heads: np.ndarray):
+        """Sparse (len(heads), n) 'within n hops' membership (the head itself included); SciPy CSR."""
         import scipy.sparse as sp
 
         n = self.adjacency.shape[0]
@@ -74,28 +86,97 @@ class NeighborhoodReranker:
         for _ in range(self.hops):
             reach = reach + reach @ self.adjacency
             reach.data[:] = 1.0  # membership only; keeps values from growing
-        sizes = np.diff(reach.indptr)
-        coo = reach.tocoo()
-        keep = sizes[coo.row] <= self.max_nodes  # SimKGC treats an over-large neighbourhood as empty
-        dense = torch.zeros(count, n, dtype=torch.bool)
-        dense[torch.as_tensor(coo.row[keep], dtype=torch.long), torch.as_tensor(coo.col[keep], dtype=torch.long)] = True
+        too_large = np.diff(reach.indptr) > self.max_nodes  # SimKGC treats an over-large neighbourhood as empty
+        return (sp.diags((~too_large).astype(np.float32)) @ reach).tocsr()
+
+    @staticmethod
+    def columns(reach, start: int, stop: int) -> torch.Tensor:
+        """Dense boolean block of entity columns [start, stop) of :meth:`reach`, so streaming never densifies |E|."""
+        block = reach[:, start:stop].tocoo()
+        keep = block.data > 0
+        dense = torch.zeros(reach.shape[0], stop - start, dtype=torch.bool)
+        dense[torch.as_tensor(block.row[keep], dtype=torch.long),
+              torch.as_tensor(block.col[keep], dtype=torch.long)] = True
         return dense
 
+    def bonus(self, heads: np.ndarray) -> torch.Tensor:
+        """(len(heads), n) boolean 'within n hops' matrix (the head itself included)."""
+        return self.columns(self.reach(heads), 0, self.adjacency.shape[0])
 
-def ranks_from_scores(scores: torch.Tensor, gold: torch.Tensor, filter_rows: torch.Tensor, filter_cols: torch.Tensor,
-                      tie_policy: str) -> torch.Tensor:
-    """Filtered ranks: other known answers are removed (-inf), then rank = 1 + #better (+ ties per policy)."""
-    scores = scores.clone()
-    gold_scores = scores[torch.arange(len(gold)), gold].clone()
-    scores[filter_rows, filter_cols] = float("-inf")
-    scores[torch.arange(len(gold)), gold] = gold_scores
-    better = (scores > gold_scores[:, None]).sum(1)
-    ties = (scores == gold_scores[:, None]).sum(1) - 1
+
+def add_bonus_(scores: torch.Tensor, near: torch.Tensor, weight: float) -> torch.Tensor:
+    """Graph re-ranking in place: ``+ weight`` where ``near``; one operation for every path, so rounding agrees."""
+    return scores.add_(near.to(scores.device), alpha=weight)
+
+
+def count_above(scores: torch.Tensor, gold_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, entries strictly above and equal to the gold score; the caller has set the gold's own entry and the
+    filtered ones to -inf, so the counts add up over column blocks (shards).
+
+    A few rows at a time: summing a whole (rows, n) comparison materialises it as integers, 4-8 times the size of
+    the score block itself.
+    """
+    better = torch.empty(len(scores), dtype=torch.long, device=scores.device)
+    ties = torch.empty_like(better)
+    step = max(1, (1 << 22) // max(1, scores.shape[1]))
+    for start in range(0, len(scores), step):
+        block, gold = scores[start:start + step], gold_scores[start:start + step, None]
+        better[start:start + step] = (block > gold).sum(1, dtype=torch.int32)
+        ties[start:start + step] = (block == gold).sum(1, dtype=torch.int32)
+    return better, ties
+
+
+def ranks_from_counts(better: torch.Tensor, ties: torch.Tensor, tie_policy: str) -> torch.Tensor:
+    """rank = 1 + #better, plus none (optimistic), all (pessimistic) or half (realistic) of the ties."""
     if tie_policy == "optimistic":
         return (better + 1).double()
     if tie_policy == "pessimistic":
         return (better + ties + 1).double()
     return better.double() + 1 + ties.double() / 2
+
+
+def ranks_from_scores(scores: torch.Tensor, gold: torch.Tensor, filter_rows: torch.Tensor, filter_cols: torch.Tensor,
+                      tie_policy: str) -> torch.Tensor:
+    """Filtered ranks: other known answers are removed (-inf), then rank = 1 + #better (+ ties per policy)."""
+    rows = torch.arange(len(gold), device=scores.device)
+    gold_scores = scores[rows, gold]
+    masked = scores.clone()
+    masked[filter_rows, filter_cols] = float("-inf")
+    masked[rows, gold] = float("-inf")  # the gold is neither better than nor tied with itself
+    return ranks_from_counts(*count_above(masked, gold_scores), tie_policy)
+
+
+def filtered_topk(scores: torch.Tensor, gold: torch.Tensor, filter_rows: torch.Tensor, filter_cols: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k candidates with the other known answers removed and the gold kept (prediction dumps)."""
+    rows = torch.arange(len(gold), device=scores.device)
+    masked = scores.clone()
+    masked[filter_rows, filter_cols] = float("-inf")
+    masked[rows, gold] = scores[rows, gold]
+    top = masked.topk(min(k, scores.shape[1]), dim=1)
+    return top.values, top.indices
+
+
+def known_answer_pairs(known: KnownTails, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row in chunk, entity) of every known answer of every query of a chunk: what filtering removes."""
+    tails = [known.tails_of(int(h), int(r)) for h, r, _ in queries]
+    rows = np.repeat(np.arange(len(queries)), [len(t) for t in tails])
+    return rows, np.concatenate(tails) if tails else np.zeros(0, dtype=np.int64)
+
+
+def rank_in_memory(entities: torch.Tensor, query_vectors: torch.Tensor, queries: np.ndarray, filter_rows: np.ndarray,
+                   filter_cols: np.ndarray, tie_policy: str, reranker: NeighborhoodReranker | None = None,
+                   top_k: int = 0) -> tuple[dict[str, np.ndarray], tuple[torch.Tensor, torch.Tensor] | None]:
+    """Ranks of one query chunk against all entities at once (without and with re-ranking), and the filtered top-k."""
+    base = query_vectors @ entities.T
+    rows = torch.as_tensor(filter_rows, device=base.device)
+    cols = torch.as_tensor(filter_cols, device=base.device)
+    gold = torch.as_tensor(queries[:, 2], device=base.device)
+    ranks = {"no_rerank": ranks_from_scores(base, gold, rows, cols, tie_policy).cpu().numpy()}
+    if reranker is not None:
+        scores = add_bonus_(base.clone(), reranker.bonus(queries[:, 0]), reranker.weight)
+        ranks["rerank"] = ranks_from_scores(scores, gold, rows, cols, tie_policy).cpu().numpy()
+    return ranks, (filtered_topk(base, gold, rows, cols, top_k) if top_k else None)
 
 
 @dataclass
@@ -117,7 +198,8 @@ class EvaluationResult:
 
 
 class Evaluator:
-    """Encodes every entity once, then ranks queries in chunks so memory stays bounded by ``query_chunk x |E|``."""
+    """Encodes every entity once, then ranks queries in chunks so memory stays bounded by ``query_chunk x |E|``
+    (``query_chunk x eval.shard_size`` when streaming from shards on disk)."""
 
     def __init__(self, kg: KnowledgeGraph, texts: TextBuilder, tokenized: Tokenized, config: EvalConfig,
                  device: torch.device, precision: str = "auto"):
@@ -140,49 +222,68 @@ class Evaluator:
         return encode_store(model.encode_entities, self.entity_store(), self.tokenized, self.device,
                             self.config.batch_size, self.precision, "entities" if progress else None)
 
+    @contextmanager
+    def entity_shards(self, model, entity_vectors: torch.Tensor | None = None,
+                      progress: bool = True) -> Iterator["EntityShards"]:
+        """Entity vectors as fp16 shards on disk, encoded one shard's row range at a time so that only one shard is
+        ever held in memory; in ``eval.shards_dir`` (kept) or a temporary folder (removed on exit)."""
+        from .streaming import write_entity_shards
+
+        count, size = self.kg.num_entities, self.config.shard_size
+        if entity_vectors is not None:
+            chunks = entity_vectors.split(size)
+        else:
+            chunks = (encode_store(model.encode_entities, self.entity_store(), self.tokenized, self.device,
+                                   self.config.batch_size, self.precision,
+                                   f"entities {start // size + 1}/{-(-count // size)}" if progress else None,
+                                   rows=np.arange(start, min(start + size, count)))
+                      for start in range(0, count, size))
+        with ExitStack() as stack:
+            folder = self.config.shards_dir or stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="kgdistill-entity-shards-"))
+            yield write_entity_shards(folder, chunks, count, size)
+
     @torch.no_grad()
     def evaluate(self, model, split: str | None = None, progress: bool = True,
                  entity_vectors: torch.Tensor | None = None) -> EvaluationResult:
+        """Filtered ranks of ``split``; with ``eval.streaming`` entities go to fp16 shards and are streamed."""
+        from .streaming import rank_streaming
+
         split = split or self.config.split
         model.eval()
         triples = self.kg.splits[split]
         if self.config.max_queries is not None:
             triples = triples[: self.config.max_queries]
-        t0 = time.perf_counter()
-        entities = self.encode_entities(model, progress) if entity_vectors is None else entity_vectors.to(self.device)
-        t1 = time.perf_counter()
-        queries = with_inverses(triples, self.kg.num_relations)
-        examples = ExampleSet(queries, self.texts, self.tokenized, f"{self.kg.name}-{split}-eval", training=False)
-        query_vectors = encode_store(model.encode_queries, examples.hr_tokens, self.tokenized, self.device,
-                                     self.config.batch_size, self.precision,
-                                     "queries" if progress else None)[torch.as_tensor(examples.hr_index)]
-        t2 = time.perf_counter()
-        variants = {"no_rerank": None}
-        if self.reranker is not None:
-            variants["rerank"] = self.reranker
-        ranks = {name: np.zeros(len(queries)) for name in variants}
-        predictions = [] if self.config.dump_predictions else None
-        chunk = self.config.query_chunk
-        for start in tqdm(range(0, len(queries), chunk), desc="ranking", disable=not progress, leave=False):
-            q = queries[start:start + chunk]
-            base = query_vectors[start:start + chunk] @ entities.T
-            rows, cols = [], []
-            for i, (h, r, _) in enumerate(q):
-                tails = self.known_all.tails_of(int(h), int(r))
-                rows.append(np.full(len(tails), i))
-                cols.append(tails)
-            filter_rows = torch.as_tensor(np.concatenate(rows), device=base.device)
-            filter_cols = torch.as_tensor(np.concatenate(cols), device=base.device)
-            gold = torch.as_tensor(q[:, 2], device=base.device)
-            for name, reranker in variants.items():
-                scores = base
-                if reranker is not None:
-                    scores = base + reranker.weight * reranker.bonus(q[:, 0]).to(base.device, base.dtype)
-                ranks[name][start:start + len(q)] = ranks_from_scores(
-                    scores, gold, filter_rows, filter_cols, self.config.tie_policy).cpu().numpy()
-                if predictions is not None and name == "no_rerank":
-                    predictions.extend(self._dump(q, scores, filter_rows, filter_cols, ranks[name][start:start + len(q)]))
-        t3 = time.perf_counter()
+        with ExitStack() as stack:
+            t0 = time.perf_counter()
+            if self.config.streaming:
+                entities = stack.enter_context(self.entity_shards(model, entity_vectors, progress))
+                rank = rank_streaming
+            else:
+                entities = (self.encode_entities(model, progress) if entity_vectors is None
+                            else entity_vectors.to(self.device))
+                rank = rank_in_memory
+            t1 = time.perf_counter()
+            queries = with_inverses(triples, self.kg.num_relations)
+            examples = ExampleSet(queries, self.texts, self.tokenized, f"{self.kg.name}-{split}-eval", training=False)
+            query_vectors = encode_store(model.encode_queries, examples.hr_tokens, self.tokenized, self.device,
+                                         self.config.batch_size, self.precision,
+                                         "queries" if progress else None)[torch.as_tensor(examples.hr_index)]
+            t2 = time.perf_counter()
+            variants = ["no_rerank"] + (["rerank"] if self.reranker is not None else [])
+            ranks = {name: np.zeros(len(queries)) for name in variants}
+            predictions = [] if self.config.dump_predictions else None
+            chunk = self.config.query_chunk
+            for start in tqdm(range(0, len(queries), chunk), desc="ranking", disable=not progress, leave=False):
+                q = queries[start:start + chunk]
+                filter_rows, filter_cols = known_answer_pairs(self.known_all, q)
+                chunk_ranks, top = rank(entities, query_vectors[start:start + chunk], q, filter_rows, filter_cols,
+                                        self.config.tie_policy, self.reranker, 10 if predictions is not None else 0)
+                for name in variants:
+                    ranks[name][start:start + len(q)] = chunk_ranks[name]
+                if predictions is not None:
+                    predictions.extend(self._dump(q, *top, chunk_ranks["no_rerank"]))
+            t3 = time.perf_counter()
         n = len(triples)
         metrics = {"split": split, "num_triples": int(n), "num_entities": self.kg.num_entities,
                    "tie_policy": self.config.tie_policy}
@@ -196,18 +297,15 @@ class Evaluator:
         seconds = {"encode_entities": t1 - t0, "encode_queries": t2 - t1, "rank": t3 - t2, "total": t3 - t0}
         return EvaluationResult(metrics, seconds, predictions)
 
-    def _dump(self, q, scores, filter_rows, filter_cols, ranks, k: int = 10) -> list[dict]:
-        masked = scores.clone()
-        masked[filter_rows, filter_cols] = float("-inf")
-        masked[torch.arange(len(q)), torch.as_tensor(q[:, 2])] = scores[torch.arange(len(q)), torch.as_tensor(q[:, 2])]
-        top = masked.topk(k, dim=1)
+    def _dump(self, q: np.ndarray, top_values: torch.Tensor, top_indices: torch.Tensor,
+              ranks: np.ndarray) -> list[dict]:
         ids = self.kg.entity_ids
         out = []
         for i, (h, r, t) in enumerate(q):
             out.append({"head": ids[h], "relation": self.texts.relation_text(int(r)), "gold": ids[t],
                         "rank": float(ranks[i]),
                         "top": [{"id": ids[j], "score": round(float(s), 5)}
-                                for j, s in zip(top.indices[i].tolist(), top.values[i].tolist())]})
+                                for j, s in zip(top_indices[i].tolist(), top_values[i].tolist())]})
         return out
 
 

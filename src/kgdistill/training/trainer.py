@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from ..data.batching import ExampleSet
+from ..data.batching import BatchOrder, ExampleSet
 from ..errors import CheckpointError, KGDistillError
 from ..evaluation.ranking import autocast
 from ..io import atomic_write_json, atomic_write_text, environment_info, recover_dir
@@ -39,6 +39,27 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise KGDistillError("config key 'train.device': cuda requested but no CUDA device is available")
     return torch.device(name)
+
+
+def compile_encoders(objective: torch.nn.Module) -> None:
+    """torch.compile every encoder's forward in place (``nn.Module.compile``), so parameters, state-dict keys,
+    checkpoints and the DDP wrapper stay those of the eager modules; dynamic shapes since padding varies by batch.
+
+    Compilation is lazy, so a trivial function is compiled first: a machine where inductor cannot build kernels
+    (no C++ compiler, say) fails here with one line rather than inside the first step.
+    """
+    from ..models.biencoder import BiEncoder
+
+    try:
+        torch.compile(lambda x: x * 2 + 1, dynamic=True)(torch.ones(3, device=next(objective.parameters()).device))
+    except Exception as exc:  # inductor raises many types (BackendCompilerFailed, InvalidCxxCompiler, ...)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise KGDistillError(f"config key 'train.compile': torch.compile does not work on this machine "
+                             f"({type(exc).__name__}: {first}); set train.compile=false") from None
+    for module in objective.modules():
+        if isinstance(module, BiEncoder):
+            module.hr_encoder.compile(dynamic=True)
+            module.tail_encoder.compile(dynamic=True)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -72,8 +93,11 @@ class Trainer:
             torch.set_num_threads(tc.num_threads)
         self.device = pick_device(tc.device)
         self.objective.to(self.device)
+        if tc.compile:
+            compile_encoders(self.objective)
         self.batch_size = tc.batch_size
-        self.steps_per_epoch = len(train_set) // tc.batch_size
+        self.order = BatchOrder.for_training(train_set, tc, config.seed)
+        self.steps_per_epoch = self.order.steps_per_epoch
         if self.steps_per_epoch == 0:
             raise KGDistillError(f"config key 'train.batch_size': {tc.batch_size} is larger than the "
                                  f"{len(train_set)} training examples")
@@ -106,9 +130,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ data order
     def _rows(self, step: int) -> np.ndarray:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        perm = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_set))
-        rows = perm[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self.order.rows(step)
         share = self.batch_size // self.world  # this rank's slice of the global batch
         return rows[self.rank * share:(self.rank + 1) * share]
 
