@@ -15,7 +15,7 @@ def main(run_dir: str, out: str) -> None:
     records = [json.loads(line) for line in Path(run_dir, "train_log.jsonl").read_text().splitlines() if line]
     train = [r for r in records if "loss" in r]
     valid = [r for r in records if "valid_loss" in r]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.6))
     ax[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (InfoNCE, both terms)")
     if valid:
         ax[0].plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o", label="valid loss")
@@ -26,6 +26,12 @@ def main(run_dir: str, out: str) -> None:
     ax[1].set_xlabel("step")
     ax[1].legend()
     ax[1].grid(alpha=0.3)
+    if valid and "valid_acc@1" in valid[0]:
+        ax[2].plot([r["step"] for r in valid], [r["valid_acc@1"] for r in valid], "o-",
+                   label="valid in-batch accuracy@1")
+    ax[2].set_xlabel("step")
+    ax[2].legend()
+    ax[2].grid(alpha=0.3)
     fig.suptitle(f"training curve: {run_dir}")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
