@@ -488,14 +488,16 @@ class Predictor:
     def _splits_of(self, head: int, relation: int, tail: int) -> list[str]:
         return [s for s in SPLITS if tail in set(self.known_split[s].tails_of(head, relation).tolist())]
 
-    def _rank(self, query: ResolvedQuery, vector: torch.Tensor) -> Prediction:
+    def _known_set(self, query: ResolvedQuery) -> set[int]:
+        if not query.filter_known:
+            return set()
+        return set(self._known(query.entity, query.relation).tolist()) - query.keep
+
+    def _rank(self, query: ResolvedQuery, known_set: set[int], scores: list[float], rows: list[int]) -> Prediction:
+        """The top ``k`` of one query's search results (best first), known answers set aside as filtered."""
         entity, relation = query.entity, query.relation
-        known = self._known(entity, relation) if query.filter_known else np.zeros(0, dtype=np.int64)
-        known_set = set(known.tolist()) - query.keep
-        want = min(self.num_entities, query.k + len(known_set))
-        scores, rows = self.index.search(vector[None], want)
         results, filtered = [], []
-        for score, row in zip(scores[0].tolist(), rows[0].tolist()):
+        for score, row in zip(scores, rows):
             if row < 0 or len(results) >= query.k:
                 continue
             if row in known_set:
@@ -530,11 +532,15 @@ class Predictor:
         return ResolvedQuery(e, rel, direction, k, filter_known, keep)
 
     def predict_resolved(self, queries: list[ResolvedQuery]) -> list[Prediction]:
-        """One query-encoder call for all ``queries``, then each is ranked with its own k and filter."""
+        """One query-encoder call and one index search for all ``queries``; each keeps its own k and filter."""
         if not queries:
             return []
         vectors = self.query_vectors([(q.entity, q.relation) for q in queries])
-        return [self._rank(q, vector) for q, vector in zip(queries, vectors)]
+        known = [self._known_set(q) for q in queries]
+        wants = [min(self.num_entities, q.k + len(k)) for q, k in zip(queries, known)]
+        scores, rows = self.index.search(vectors, max(wants))  # one search for the batch: a scan per query is slow
+        return [self._rank(q, k, s[:w], r[:w]) for q, k, w, s, r in
+                zip(queries, known, wants, scores.tolist(), rows.tolist())]
 
     def _predict(self, queries: list[tuple[Any, Any, str]], k: int, filter_known: bool, keep=(),
                  progress: bool = False) -> list[Prediction]:
