@@ -195,6 +195,8 @@ def synthetic_streaming(entities: int, queries: int = 2000, shards_dir: str | No
                      "note": (f"random unit vectors stand in for encoded entities; encoding is not timed ({entities:,} "
                               f"texts at the ~235 seq/s bf16 MiniLM rate of 2 CPU cores would take "
                               f"~{entities / 235 / 3600:.1f} h)")}
+    if shards_dir is not None:
+        Path(shards_dir).mkdir(parents=True, exist_ok=True)  # a new folder is fine; the shards go in a temp child
     with tempfile.TemporaryDirectory(prefix="kgdistill-bench-shards-", dir=shards_dir) as folder:
         t0 = time.perf_counter()
         store = write_entity_shards(folder, (unit(min(chunk, entities - start)) for start in range(0, entities, chunk)),
