@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the main job on the embedded defaults: WN18RR, packaged all-MiniLM-L6-v2, `quick`
-# budget: teacher -> pre-distilled -> 5L -> 3L -> 2L students, each evaluated, report in runs/pipeline.
+# Set up (idempotent; a project .venv unless one is active) and run the main job on the embedded defaults: WN18RR,
+# packaged all-MiniLM-L6-v2, `quick` budget: teacher -> pre-distilled -> students, each evaluated, report in
+# runs/pipeline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+source scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-kgdistill pipeline --output-dir "${1:-runs/pipeline}"
+"$KGD_PYTHON" -m kgdistill pipeline --output-dir "${1:-runs/pipeline}"

@@ -276,9 +276,9 @@ def test_pipeline_killed_mid_stage_resumes_that_stage_and_redoes_no_finished_one
                 for p in (run / stage).rglob("*") if p.is_file()}
     rerun = subprocess.run(command, capture_output=True, text=True, env=child_env, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert "[00-teacher] finished earlier; not redone" in rerun.stdout
-    assert "[01-pre-distilled] finished earlier; not redone" in rerun.stdout
-    assert "[02-grade1-2L] resuming" in rerun.stdout
+    assert "[00-teacher] finished earlier; not redone" in rerun.stderr
+    assert "[01-pre-distilled] finished earlier; not redone" in rerun.stderr
+    assert "[02-grade1-2L] resuming" in rerun.stderr
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     for stage in ("00-teacher", "01-pre-distilled", "02-grade1-2L"):
         assert_same_run(expected / stage, run / stage)

@@ -19,9 +19,10 @@ from .data.text import TextBuilder, with_inverses
 from .errors import CheckpointError, KGDistillError
 from .evaluation.ranking import EvaluationResult, Evaluator, write_metrics
 from .models.biencoder import BiEncoder, load_model_tokenizer
-from .models.plm import (build_student_encoder, even_layer_map, load_encoder, load_tokenizer, num_layers,
+from .models.plm import (build_student_encoder, choose_layers, load_encoder, load_tokenizer, num_layers,
                          resolve_plm)
-from .training.trainer import BEST, LAST, Trainer, pick_device, write_run_info
+from .runtime import pick_device
+from .training.trainer import BEST, LAST, Trainer, write_run_info
 
 log = logging.getLogger("kgdistill")
 
@@ -89,11 +90,16 @@ def build_model(config: RunConfig, teacher: BiEncoder | None = None) -> tuple[Bi
     if layers > depth:
         raise KGDistillError(f"config key 'model.num_layers': {layers} layers requested but the source "
                              f"({'teacher' if from_teacher else 'PLM'}) has {depth}")
-    layer_map = config.model.layer_map or even_layer_map(depth, layers)
+    layer_map = config.model.layer_map or choose_layers(depth, layers, config.model.layer_choice)
     hr = build_student_encoder(sources[0], layer_map)
-    tail = build_student_encoder(sources[1], layer_map)
+    query_only = config.distill.student_side == "query" and teacher is not None
+    if query_only:  # the serving recipe: the teacher's entity encoder, frozen, so its entity index stays valid
+        tail = copy.deepcopy(teacher.tail_encoder).requires_grad_(False)
+    else:
+        tail = build_student_encoder(sources[1], layer_map)
     info = {"plm": str(config.model.plm), "dataset": config.data.dataset, "layer_map": layer_map,
-            "initialised_from": "teacher" if from_teacher else "plm", "source_layers": depth}
+            "initialised_from": "teacher" if from_teacher else "plm", "source_layers": depth,
+            "student_side": "query" if query_only else "both"}
     lc = config.loss
     model = BiEncoder(hr, tail, config.model.pooling, lc.init_temperature, lc.learnable_temperature,
                       lc.max_inv_temperature, info)
@@ -143,7 +149,7 @@ def _guard_output(run_dir: Path, resume: bool) -> None:
 
 
 def train(config: RunConfig, output_dir: str | Path, resume: bool = False, evaluate_after: bool = True,
-          progress: bool = True) -> TrainOutcome:
+          progress: bool = True, on_step=None) -> TrainOutcome:
     """Train a SimKGC teacher, then evaluate its last checkpoint on ``config.eval.split``."""
     from .training import distributed
 
@@ -159,7 +165,7 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False, evalu
 
     loss = InfoNCELoss(model, config.loss, data.known_train, config.train.batch_size)
     trainer = Trainer(run_dir, config, ContrastiveObjective(model, loss), data.train_set(), data.valid_set(),
-                      tokenizer, progress=progress)
+                      tokenizer, progress=progress, on_step=on_step)
     if resume:
         trainer.resume()
     result = trainer.train()

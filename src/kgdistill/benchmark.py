@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .config import build_config
-from .evaluation.ranking import autocast
+from .runtime import autocast
 
 
 def _median_time(fn, repeats: int, warmup: int = 1) -> float:

@@ -24,6 +24,7 @@ class DataConfig:
     """Which knowledge graph and how entity and query text is built (method.md 1.2)."""
 
     dataset: str = "wn18rr"
+    format: str = "auto"  # auto (recognised by its files) | kgdistill | simkgc | kgbert
     max_tokens: int = 50
     use_neighbors: bool = True
     neighbor_min_words: int = 20  # descriptions with fewer words get neighbour names appended
@@ -42,6 +43,7 @@ class ModelConfig:
     num_layers: int | None = None  # None: the PLM's depth; fewer builds a student from a layer map
     layer_map: list[int] | None = None  # explicit source layers; None: spread evenly (paper lists for 12 layers)
     init_from: str = "plm"  # plm (released PMD code) | teacher (the teacher's fine-tuned layers)
+    layer_choice: str = "even"  # which source layers a student keeps without a layer_map: even | top | bottom
 
 
 @dataclass
@@ -131,6 +133,18 @@ class DistillConfig:
     stage_steps: int | None = None  # default budget per stage; None: train.max_steps / train.epochs
     ablation: str = "none"  # none | direct | no-mgfd | fixed-mask | logit-only
     fixed_mask_rate: float = 0.2  # for the fixed-mask ablation
+    # Beyond the paper: match the student's pooled query/entity vectors to the teacher's (as sentence-transformers
+    # distils embedding models); added as + gamma * L_EMB, so gamma = 0 is the paper's objective.
+    embedding_weight: float = 0.0
+    embedding_loss: str = "cosine"  # cosine (1 - cos) | mse
+    # both: the student has both encoders at its depth (paper); query: only the query encoder is distilled, the
+    # teacher's entity encoder (and so its entity index) is kept frozen, as a serving recipe.
+    student_side: str = "both"
+    pre_distill: bool = True  # run the same-depth pre-distillation stage before the grades
+    # The whole ladder's budget in teacher-step equivalents (a stage's step costs its encoder layer passes relative
+    # to a teacher training step); split evenly over the distillation stages. None: stage_steps for every stage.
+    budget: float | None = None
+    controls: list[str] = field(default_factory=list)  # per grade, also train: direct (same init, L_CE) | plm
 
 
 @dataclass
@@ -176,6 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _CHOICES = {
+    "data.format": {"auto", "kgdistill", "simkgc", "kgbert"},
     "model.pooling": {"mean", "cls"},
     "model.init_from": {"plm", "teacher"},
     "train.precision": {"auto", "bf16", "fp32"},
@@ -188,7 +203,13 @@ _CHOICES = {
     "distill.mgfd": {"generative", "pooled"},
     "distill.student_input": {"masked", "clean"},
     "distill.ablation": {"none", "direct", "no-mgfd", "fixed-mask", "logit-only"},
+    "distill.embedding_loss": {"cosine", "mse"},
+    "distill.student_side": {"both", "query"},
+    "model.layer_choice": {"even", "top", "bottom"},
 }
+
+
+CONTROLS = {"direct", "plm"}  # direct: same init as the PMD grade, L_CE only; plm: from the PLM's layers, L_CE only
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -395,6 +416,11 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"config keys 'distill.alpha' + 'distill.beta' must be <= 1 (the CE weight is 1-alpha-beta), "
                           f"got {d.alpha} + {d.beta}")
     positive("distill.kl_temperature", d.kl_temperature)
+    positive("distill.embedding_weight", d.embedding_weight, allow_zero=True)
+    positive("distill.budget", d.budget)
+    for i, control in enumerate(d.controls):
+        if control not in CONTROLS:
+            raise ConfigError(f"config key 'distill.controls[{i}]': {control!r} is not one of {sorted(CONTROLS)}")
     positive("distill.stage_steps", d.stage_steps)
     for key, rate in (("distill.pre_mask_rate", d.pre_mask_rate), ("distill.fixed_mask_rate", d.fixed_mask_rate)):
         if not 0 <= rate < 1:

@@ -5,12 +5,14 @@ interrupted one resumes from its last checkpoint.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api import DataContext, build_model, evaluate_in_run, load_model, tokenizer_key, train
-from ..config import GradeConfig, RunConfig
+from ..api import DataContext, build_model, evaluate_in_run, load_model, load_run_config, tokenizer_key, train
+from ..config import DataConfig, GradeConfig, RunConfig
 from ..errors import KGDistillError
 from ..io import atomic_write_json
 from ..losses.contrastive import InfoNCELoss
@@ -22,6 +24,7 @@ from .report import Report, build_report
 STAGE_DONE = "stage.json"
 PAPER_RATIOS = (0.75, 0.5, 0.25)  # 12 -> 9 -> 6 -> 3
 PAPER_MASK_RATES = (0.1, 0.05, 0.0)  # the grades' rates; pre-distillation uses distill.pre_mask_rate (0.2)
+log = logging.getLogger("kgdistill")
 
 
 def default_grades(depth: int) -> list[GradeConfig]:
@@ -36,30 +39,63 @@ def default_grades(depth: int) -> list[GradeConfig]:
 
 
 def stage_config(config: RunConfig, mask_rate: float) -> tuple[RunConfig, float]:
-    """Apply the ablation switch to one stage's config and mask rate."""
+    """Apply the ablation switch to one stage's config and mask rate.
+
+    ``no-mgfd`` and ``logit-only`` only drop the masking (so L_MGFD is zero): the weights of L_CE and L_SCORE stay
+    (1-a-b) and a, as the paper's "w/o MGFD" keeps everything else equal."""
     config = copy.deepcopy(config)
     ablation = config.distill.ablation
     if ablation == "no-mgfd":
-        config.distill.beta, mask_rate = 0.0, 0.0
+        mask_rate = 0.0
     elif ablation == "fixed-mask":
         mask_rate = config.distill.fixed_mask_rate
     elif ablation == "logit-only":
-        config.distill.beta, mask_rate = 0.0, 0.0
+        mask_rate = 0.0
         config.distill.score_loss, config.distill.score_on = "kl", "logits"
     return config, mask_rate
 
 
+def inherit_teacher_data(config: RunConfig, teacher_dir: Path, teacher_info: dict, dataset: str | None) -> None:
+    """A student trains and is evaluated on its teacher's dataset with its teacher's text settings: every data key the
+    caller left at its default takes the teacher's value; ``dataset`` (an explicit choice) wins over both."""
+    saved = load_run_config(teacher_dir)
+    defaults = DataConfig()
+    source = saved.data if saved is not None else DataConfig(dataset=teacher_info.get("dataset", defaults.dataset))
+    for item in dataclasses.fields(DataConfig):
+        if getattr(config.data, item.name) == getattr(defaults, item.name):
+            setattr(config.data, item.name, getattr(source, item.name))
+    if dataset is not None:
+        config.data.dataset = dataset
+
+
+def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_only: bool = False,
+              entity_layers: int | None = None, direct: bool = False) -> float:
+    """Encoder layer passes of one stage step relative to one teacher training step (three sequences a sample:
+    query, tail, head; a trained pass costs about three forward passes, a frozen teacher's one)."""
+    entity_layers = entity_layers or teacher_layers
+    if direct:
+        passes = 9 * student_layers
+    elif query_only:  # student query pass trained; tail and head come from the frozen teacher's entity encoder
+        passes = 3 * student_layers + teacher_layers + 2 * entity_layers
+    else:
+        passes = 9 * student_layers + 3 * teacher_layers
+    return passes / (9 * base_layers)
+
+
 def distill(config: RunConfig, teacher: str | Path, output_dir: str | Path, layers: int | None = None,
             mask_rate: float | None = None, resume: bool = False, steps: int | None = None, lr: float | None = None,
-            progress: bool = True) -> dict:
-    """Train one student from a trained teacher and evaluate it; returns ``{"run_dir", "train", "metrics"}``."""
+            progress: bool = True, dataset: str | None = None, on_step=None) -> dict:
+    """Train one student from a trained teacher and evaluate it; returns ``{"run_dir", "train", "metrics"}``.
+
+    The student inherits the teacher's dataset and text settings unless ``dataset`` or a changed data key says
+    otherwise (:func:`inherit_teacher_data`)."""
     run_dir = Path(output_dir)
     if (run_dir / LAST).exists() and not resume:
         raise KGDistillError(f"{run_dir}: already holds a run; pass --resume to continue it")
     teacher_model, teacher_tokenizer, teacher_dir = load_model(teacher)
     config = copy.deepcopy(config)
     config.model.plm = teacher_model.info.get("plm", config.model.plm)
-    config.data.dataset = config.data.dataset or teacher_model.info.get("dataset")
+    inherit_teacher_data(config, teacher_dir, teacher_model.info, dataset)
     layers = layers or teacher_model.num_layers
     if layers > teacher_model.num_layers:
         raise KGDistillError(f"--layers {layers}: a student cannot be deeper than its {teacher_model.num_layers}-layer "
@@ -71,27 +107,32 @@ def distill(config: RunConfig, teacher: str | Path, output_dir: str | Path, laye
     if not 0 <= mask_rate < 1:
         raise KGDistillError(f"--mask-rate {mask_rate}: must be in [0, 1)")
     config, mask_rate = stage_config(config, mask_rate)
+    direct = config.distill.ablation == "direct"
+    if direct:
+        config.distill.student_side = "both"  # a control is a plain SimKGC model at the student depth
     student, tokenizer = build_model(config, teacher=teacher_model)
     if tokenizer_key(tokenizer) != tokenizer_key(teacher_tokenizer):
         raise KGDistillError(f"model.plm '{config.model.plm}' has a different vocabulary from the teacher's "
                              f"({teacher_dir}); teacher and student must share a tokenizer")
-    student.info.update({"teacher": str(teacher_dir), "mask_rate": mask_rate, "ablation": config.distill.ablation})
-    teaching = ("no teacher (direct)" if config.distill.ablation == "direct"
+    student.info.update({"teacher": str(teacher_dir), "mask_rate": None if direct else mask_rate,
+                         "ablation": config.distill.ablation})
+    teaching = ("no teacher (direct, L_CE only)" if direct
                 else f"mask rate {mask_rate:.2f}; ablation {config.distill.ablation}")
-    print(f"student: {layers} layers from {student.info['initialised_from']} layers {student.info['layer_map']} "
-          f"(of {student.info['source_layers']}); {teaching}")
+    log.info("student: %d layers from %s layers %s (of %d)%s; %s", layers, student.info["initialised_from"],
+             student.info["layer_map"], student.info["source_layers"],
+             "; query encoder only" if student.info.get("student_side") == "query" else "", teaching)
     data = DataContext(config, tokenizer)
     write_run_info(run_dir, config, {"job": "distill", "teacher": str(teacher_dir), "layers": layers,
                                      "mask_rate": mask_rate, "dataset": data.kg.summary()})
     loss = InfoNCELoss(student, config.loss, data.known_train, config.train.batch_size)
-    if config.distill.ablation == "direct":
+    if direct:
         objective = ContrastiveObjective(student, loss)
     else:
         objective = DistillationObjective(student, teacher_model, loss, config.distill, mask_rate,
                                           tokenizer.mask_token_id)
     steps = steps or config.distill.stage_steps
     trainer = Trainer(run_dir, config, objective, data.train_set(), data.valid_set(), tokenizer,
-                      total_steps=steps, lr=lr, progress=progress)
+                      total_steps=steps, lr=lr, progress=progress, on_step=on_step)
     if resume:
         trainer.resume()
     result = trainer.train()
@@ -103,19 +144,59 @@ def distill(config: RunConfig, teacher: str | Path, output_dir: str | Path, laye
 class Stage:
     name: str
     layers: int
-    mask_rate: float | None  # None for the teacher
+    mask_rate: float | None  # None for the teacher and the controls
     steps: int | None
     lr: float | None
+    kind: str = "pmd"  # teacher | pmd | direct | plm
+    teacher: str | None = None  # the stage whose model teaches (or initialises) this one
+    cost: float = 1.0  # one step's compute in teacher training steps (step_cost)
 
 
 def plan(config: RunConfig, depth: int) -> list[Stage]:
-    grades = config.distill.grades or default_grades(depth)
-    stages = [Stage("00-teacher", depth, None, None, None),
-              Stage("01-pre-distilled", depth, config.distill.pre_mask_rate, None, None)]
-    for i, grade in enumerate(grades, start=1):
-        stages.append(Stage(f"{i + 1:02d}-grade{i}-{grade.layers}L", grade.layers, grade.mask_rate, grade.steps,
-                            grade.lr))
+    """The stages in order: teacher, pre-distillation, grades, and each grade's controls right after it.
+
+    With ``distill.budget`` every distillation stage gets an even share of the budget, in teacher-step equivalents,
+    so cheap grades get more steps; explicit per-grade steps still win."""
+    d = config.distill
+    query_only = d.student_side == "query"
+    stages = [Stage("00-teacher", depth, None, None, None, kind="teacher")]
+    pmd = [(depth, d.pre_mask_rate, None, None, "01-pre-distilled")] if d.pre_distill else []
+    for i, grade in enumerate(d.grades or default_grades(depth), start=1):
+        pmd.append((grade.layers, grade.mask_rate, grade.steps, grade.lr, f"{i + 1:02d}-grade{i}-{grade.layers}L"))
+    share = d.budget / max(len(pmd), 1) if d.budget else None
+    previous = stages[0]
+    for layers, rate, steps, lr, name in pmd:
+        cost = step_cost(layers, previous.layers, depth, query_only, entity_layers=depth)
+        if steps is None and share is not None:
+            steps = max(1, round(share / cost))
+        stage = Stage(name, layers, rate, steps or d.stage_steps, lr, "pmd", previous.name, cost)
+        stages.append(stage)
+        for control in d.controls:
+            stages.append(Stage(f"{name}-{control}", layers, None, stage.steps, lr, control, previous.name,
+                                step_cost(layers, previous.layers, depth, direct=True)))
+        previous = stage
     return stages
+
+
+class _Progress:
+    """Prints, a few steps into each stage, the ladder's estimated time left from the rate just measured."""
+
+    def __init__(self, stages: list[Stage], default_steps: int):
+        self.stages, self.default_steps = stages, default_steps
+
+    def callback(self, index: int):
+        stage = self.stages[index]
+
+        def on_step(done: int, left: int, seconds: float) -> None:
+            if done != min(5, done + left):
+                return
+            per_unit = seconds / done / stage.cost  # seconds per teacher-step equivalent
+            later = sum((s.steps or self.default_steps) * s.cost for s in self.stages[index + 1:])
+            remaining = left * seconds / done + later * per_unit
+            log.info("[%s] %.1f s/step; estimated time left for the ladder: %.0f min (training only, from this "
+                     "stage's rate)", stage.name, seconds / done, remaining / 60)
+
+        return on_step
 
 
 def pipeline(config: RunConfig, output_dir: str | Path, teacher: str | Path | None = None,
@@ -131,29 +212,35 @@ def pipeline(config: RunConfig, output_dir: str | Path, teacher: str | Path | No
         depth = int(load_encoder(resolve_plm(config.model.plm)).config.num_hidden_layers)
     stages = plan(config, depth)
     atomic_write_json(out / "plan.json", [s.__dict__ for s in stages])
-    done: list[tuple[Stage, Path]] = []
-    previous: Path | None = None
-    for stage in stages:
+    teacher_steps = config.train.max_steps
+    estimate = _Progress(stages, config.distill.stage_steps or teacher_steps or 1)
+    folders: dict[str, Path] = {}
+    for index, stage in enumerate(stages):
         stage_dir = out / stage.name
         marker = stage_dir / STAGE_DONE
-        if stage.mask_rate is None and teacher is not None:
-            previous = Path(teacher)
-            done.append((stage, previous))
+        if stage.kind == "teacher" and teacher is not None:
+            folders[stage.name] = Path(teacher)
             continue
         if marker.is_file():
-            print(f"[{stage.name}] finished earlier; not redone")
+            log.info("[%s] finished earlier; not redone", stage.name)
         else:
             resume = (stage_dir / LAST).exists()
-            print(f"[{stage.name}] {'resuming' if resume else 'starting'}: {stage.layers} layers"
-                  + ("" if stage.mask_rate is None else f", mask rate {stage.mask_rate:.2f}"))
-            if stage.mask_rate is None:
-                train(config, stage_dir, resume=resume, progress=progress)
+            log.info("[%s] %s: %d layers, %s%s", stage.name, "resuming" if resume else "starting", stage.layers,
+                     stage.kind, "" if stage.mask_rate is None else f", mask rate {stage.mask_rate:.2f}")
+            on_step = estimate.callback(index)
+            if stage.kind == "teacher":
+                train(config, stage_dir, resume=resume, progress=progress, on_step=on_step)
             else:
-                distill(config, previous, stage_dir, layers=stage.layers, mask_rate=stage.mask_rate, resume=resume,
-                        steps=stage.steps, lr=stage.lr, progress=progress)
+                stage_config_ = copy.deepcopy(config)
+                if stage.kind != "pmd":
+                    stage_config_.distill.ablation = "direct"
+                if stage.kind == "plm":
+                    stage_config_.model.init_from = "plm"
+                distill(stage_config_, folders[stage.teacher], stage_dir, layers=stage.layers,
+                        mask_rate=stage.mask_rate or 0.0, resume=resume, steps=stage.steps, lr=stage.lr,
+                        progress=progress, on_step=on_step)
             atomic_write_json(marker, {"done": True, "stage": stage.__dict__})
-        previous = stage_dir
-        done.append((stage, stage_dir))
-    report = build_report([(s.name, d) for s, d in done])
+        folders[stage.name] = stage_dir
+    report = build_report([(s.name, folders[s.name], s.kind) for s in stages])
     report.save(out)
     return report

@@ -7,7 +7,9 @@ from torch import nn
 from ..config import DistillConfig
 from ..data.batching import TrainBatch
 from ..losses.contrastive import InfoNCELoss, PreBatchQueue, Scores, build_masks
-from ..losses.distill import GenerativeMGFDLoss, PooledMGFDLoss, ScoreDistillLoss, mask_tokens
+from ..losses.distill import (EmbeddingDistillLoss, GenerativeMGFDLoss, PooledMGFDLoss, ScoreDistillLoss,
+                              mask_tokens)
+from ..models.biencoder import Encoded
 
 
 def _flat(scores: Scores) -> torch.Tensor:
@@ -33,9 +35,13 @@ class DistillationObjective(nn.Module):
         self.mask_rate = mask_rate
         self.mask_token_id = mask_token_id
         self.score_loss = ScoreDistillLoss(config.score_loss, config.score_on, config.kl_temperature)
-        self.teacher_queue = (PreBatchQueue(len(loss.queue.vectors), teacher.hidden_size)
-                              if loss.queue is not None else None)
+        self.teacher_queue = None
+        if loss.queue is not None:  # the same random start as the student's, so pre-batch columns compare alike
+            self.teacher_queue = PreBatchQueue(len(loss.queue.vectors), teacher.hidden_size)
+            self.teacher_queue.vectors = loss.queue.vectors.clone()
         self.use_mgfd = config.beta > 0 and mask_rate > 0
+        self.query_only = student.info.get("student_side") == "query"
+        self.embedding_loss = EmbeddingDistillLoss(config.embedding_loss)
         if config.mgfd == "generative":
             self.mgfd_hr = GenerativeMGFDLoss(student.hidden_size, teacher.hidden_size, config.generation_hidden)
             self.mgfd_tail = GenerativeMGFDLoss(student.hidden_size, teacher.hidden_size, config.generation_hidden)
@@ -55,15 +61,26 @@ class DistillationObjective(nn.Module):
         hr_in, hr_pos = mask_tokens(batch.hr, self.mask_rate, self.mask_token_id)
         tail_in, tail_pos = mask_tokens(batch.tail, self.mask_rate, self.mask_token_id)
         head_in = mask_tokens(batch.head, self.mask_rate, self.mask_token_id)[0] if batch.head is not None else None
-        with torch.no_grad():
-            t_hr = self.teacher.encode_queries(hr_in, hidden=self.use_mgfd)
-            t_tail = self.teacher.encode_entities(tail_in, hidden=self.use_mgfd)
-            t_head = self.teacher.encode_entities(head_in).vectors if head_in is not None else None
         clean = self.config.student_input == "clean"
-        s_hr = self.model.encode_queries(batch.hr if clean else hr_in, hidden=self.use_mgfd and not clean)
-        s_tail = self.model.encode_entities(batch.tail if clean else tail_in, hidden=self.use_mgfd and not clean)
-        s_head = (self.model.encode_entities(batch.head if clean else head_in).vectors
-                  if head_in is not None else None)
+        # Scores are compared on the text both models score: masked (paper and code) or clean. With clean input the
+        # masked text only feeds MGFD, so the teacher encodes it a second time just for its token features.
+        score_hr, score_tail, score_head = (batch.hr, batch.tail, batch.head) if clean else (hr_in, tail_in, head_in)
+        mgfd_tail = self.use_mgfd and not self.query_only
+        with torch.no_grad():
+            t_hr = self.teacher.encode_queries(score_hr, hidden=self.use_mgfd and not clean)
+            t_tail = self.teacher.encode_entities(score_tail, hidden=mgfd_tail and not clean)
+            t_head = self.teacher.encode_entities(score_head).vectors if score_head is not None else None
+            if self.use_mgfd and clean:
+                t_hr_hidden = self.teacher.encode_queries(hr_in, hidden=True).hidden
+                t_tail_hidden = self.teacher.encode_entities(tail_in, hidden=True).hidden if mgfd_tail else None
+            else:
+                t_hr_hidden, t_tail_hidden = t_hr.hidden, t_tail.hidden
+        s_hr = self.model.encode_queries(score_hr, hidden=self.use_mgfd and not clean)
+        if self.query_only:  # the student's entity encoder *is* the teacher's (frozen): reuse its vectors
+            s_tail, s_head = Encoded(t_tail.vectors), t_head
+        else:
+            s_tail = self.model.encode_entities(score_tail, hidden=mgfd_tail and not clean)
+            s_head = self.model.encode_entities(score_head).vectors if score_head is not None else None
         masks = build_masks(batch, self.loss.known)
         queue = self.loss.queue
         pre_keep = queue.keep_mask(batch, self.loss.known) if queue is not None else None
@@ -86,20 +103,23 @@ class DistillationObjective(nn.Module):
             l_score = self.score_loss(_flat(s_scores), _flat(t_scores), keep)
         l_mgfd = s_logits.new_zeros(())
         if self.use_mgfd:
-            if clean:
-                s_hr_hidden = self.model.encode_queries(hr_in, hidden=True).hidden
-                s_tail_hidden = self.model.encode_entities(tail_in, hidden=True).hidden
-            else:
-                s_hr_hidden, s_tail_hidden = s_hr.hidden, s_tail.hidden
-            l_mgfd = (self.mgfd_hr(s_hr_hidden, t_hr.hidden, hr_pos.to(s_hr_hidden.device))
-                      + self.mgfd_tail(s_tail_hidden, t_tail.hidden, tail_pos.to(s_tail_hidden.device)))
+            s_hr_hidden = self.model.encode_queries(hr_in, hidden=True).hidden if clean else s_hr.hidden
+            l_mgfd = self.mgfd_hr(s_hr_hidden, t_hr_hidden, hr_pos.to(s_hr_hidden.device))
+            if mgfd_tail:
+                s_tail_hidden = self.model.encode_entities(tail_in, hidden=True).hidden if clean else s_tail.hidden
+                l_mgfd = l_mgfd + self.mgfd_tail(s_tail_hidden, t_tail_hidden, tail_pos.to(s_tail_hidden.device))
+        l_emb = s_logits.new_zeros(())
+        if self.config.embedding_weight > 0:
+            l_emb = self.embedding_loss(s_hr.vectors, t_hr.vectors)
+            if not self.query_only:
+                l_emb = l_emb + self.embedding_loss(s_tail.vectors, t_tail.vectors)
         a, b = self.config.alpha, self.config.beta
-        loss = (1 - a - b) * l_ce + a * l_score + b * l_mgfd
+        loss = (1 - a - b) * l_ce + a * l_score + b * l_mgfd + self.config.embedding_weight * l_emb
         if queue is not None:
             queue.push(s_tail.vectors, batch.tails)
             self.teacher_queue.push(t_tail.vectors, batch.tails)
         return loss, {"l_ce": float(l_ce.detach()), "l_score": float(l_score.detach()),
-                      "l_mgfd": float(l_mgfd.detach())}
+                      "l_mgfd": float(l_mgfd.detach()), "l_emb": float(l_emb.detach())}
 
     def validation_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         hr = self.model.encode_queries(batch.hr).vectors

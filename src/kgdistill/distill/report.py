@@ -8,21 +8,28 @@ from pathlib import Path
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
-def _row(name: str, run_dir: Path) -> dict:
+def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
     from ..api import resolve_model_dir
 
     model_dir = resolve_model_dir(run_dir)
     meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    summary_path = run_dir / "train_summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     seconds = metrics.get("seconds", {})
+    info = meta.get("info", {})
     row = {
-        "name": name, "run_dir": str(run_dir), "layers": meta["num_layers"],
+        "name": name, "kind": kind, "run_dir": str(run_dir), "layers": meta["num_layers"],
+        "entity_layers": meta["tail_config"]["num_hidden_layers"], "student_side": info.get("student_side", "both"),
         "parameters": meta["parameters"]["total"], "non_embedding_parameters": meta["parameters"]["non_embedding"],
         "size_mb": round((model_dir / "model.safetensors").stat().st_size / 2**20, 1),
         "entities_per_s": (metrics["num_entities"] / seconds["encode_entities"]) if seconds.get("encode_entities") else None,
+        "queries_per_s": (2 * metrics["num_triples"] / seconds["encode_queries"])  # both directions
+        if seconds.get("encode_queries") else None,
         "encode_seconds": seconds.get("encode_entities"),
-        "mask_rate": meta.get("info", {}).get("mask_rate"),
-        "ablation": meta.get("info", {}).get("ablation", "none"),
+        "mask_rate": info.get("mask_rate"), "ablation": info.get("ablation", "none"),
+        "initialised_from": info.get("initialised_from"), "layer_map": info.get("layer_map"),
+        "steps": summary.get("steps"), "train_seconds": summary.get("seconds"),
     }
     for variant in ("no_rerank", "rerank"):
         if variant in metrics:
@@ -37,17 +44,20 @@ class Report:
 
     def markdown(self) -> str:
         teacher = self.rows[0]
-        lines = ["| model | layers | params (M) | non-emb (M) | size (MB) | entities/s | MRR | H@1 | H@3 | H@10 | "
-                 "MRR rerank | H@10 rerank | dMRR vs teacher |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines = ["| model | kind | layers (query/entity) | steps | train s | params (M) | non-emb (M) | size (MB) | "
+                 "entities/s | MRR | H@1 | H@3 | H@10 | MRR rerank | H@10 rerank | dMRR vs teacher | % of teacher |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             m, rr = r["no_rerank"], r.get("rerank", r["no_rerank"])
             delta = (m["mrr"] - teacher["no_rerank"]["mrr"]) * 100
             eps = f"{r['entities_per_s']:.0f}" if r["entities_per_s"] else "-"
-            lines.append(f"| {r['name']} | {r['layers']} | {r['parameters'] / 1e6:.1f} | "
+            secs = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
+            lines.append(f"| {r['name']} | {r.get('kind', 'pmd')} | {r['layers']}/{r.get('entity_layers', r['layers'])} | "
+                         f"{r.get('steps') or '-'} | {secs} | {r['parameters'] / 1e6:.1f} | "
                          f"{r['non_embedding_parameters'] / 1e6:.1f} | {r['size_mb']} | {eps} | {m['mrr'] * 100:.2f} | "
                          f"{m['hits@1'] * 100:.2f} | {m['hits@3'] * 100:.2f} | {m['hits@10'] * 100:.2f} | "
-                         f"{rr['mrr'] * 100:.2f} | {rr['hits@10'] * 100:.2f} | {delta:+.2f} |")
+                         f"{rr['mrr'] * 100:.2f} | {rr['hits@10'] * 100:.2f} | {delta:+.2f} | "
+                         f"{100 * m['mrr'] / teacher['no_rerank']['mrr']:.1f} |")
         return "\n".join(lines)
 
     def plot(self) -> bytes:
@@ -58,20 +68,28 @@ class Report:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        mrr = [r["no_rerank"]["mrr"] * 100 for r in self.rows]
-        params = [r["parameters"] / 1e6 for r in self.rows]
-        times = [r["encode_seconds"] or 0 for r in self.rows]
-        for ax, xs, label in ((axes[0], params, "parameters (M, both encoders)"),
-                              (axes[1], times, "time to encode all entities (s)")):
-            ax.plot(xs, mrr, "o-")
-            for x, y, r in zip(xs, mrr, self.rows):
-                ax.annotate(f"{r['name'].split('-', 1)[-1]}", (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=8)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        styles = {"teacher": ("*", "k"), "pmd": ("o", "tab:blue"), "direct": ("s", "tab:orange"),
+                  "plm": ("^", "tab:red")}
+        for kind, (marker, colour) in styles.items():
+            rows = [r for r in self.rows if r.get("kind", "pmd") == kind]
+            if not rows:
+                continue
+            mrr = [r["no_rerank"]["mrr"] * 100 for r in rows]
+            for ax, key, scale in ((axes[0], "parameters", 1e-6), (axes[1], "entities_per_s", 1.0)):
+                xs = [(r[key] or 0) * scale for r in rows]
+                ax.plot(xs, mrr, marker=marker, color=colour, linestyle="-" if kind == "pmd" else "none",
+                        label={"pmd": "PMD ladder", "direct": "direct (same init, L_CE)",
+                               "plm": "direct (PLM init)", "teacher": "teacher"}[kind])
+                for x, y, r in zip(xs, mrr, rows):
+                    ax.annotate(f"{r['layers']}L", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for ax, label in ((axes[0], "parameters (M, both encoders)"),
+                          (axes[1], "entity encoding speed (entities/s)")):
             ax.set_xlabel(label)
             ax.set_ylabel("MRR (%), filtered, no re-rank")
             ax.grid(alpha=0.3)
-        fig.suptitle("PMD ladder: quality against size and speed")
+        axes[1].legend(fontsize=8)
+        fig.suptitle("PMD ladder and its controls: quality against size and speed")
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)
@@ -84,5 +102,6 @@ class Report:
         atomic_write_bytes(folder / "report.png", self.plot())
 
 
-def build_report(stages: list[tuple[str, Path]]) -> Report:
-    return Report([_row(name, Path(run_dir)) for name, run_dir in stages])
+def build_report(stages: list[tuple[str, Path] | tuple[str, Path, str]]) -> Report:
+    """``(name, run folder[, kind])`` per stage, the teacher first."""
+    return Report([_row(*stage[:1], Path(stage[1]), *stage[2:]) for stage in stages])

@@ -19,18 +19,13 @@ from ..data.batching import ExampleSet, KnownTails, TokenStore, Tokenized, entit
 from ..data.dataset import SPLITS, KnowledgeGraph
 from ..data.text import TextBuilder, with_inverses
 from ..io import atomic_write_json
+from ..runtime import autocast
 from .metrics import rank_metrics
 
 if TYPE_CHECKING:
     from .streaming import EntityShards
 
 METRIC_KEYS = ("mr", "mrr", "hits@1", "hits@3", "hits@10")
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast where asked for (or 'auto' and supported), a no-op otherwise."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cpu" or torch.cuda.is_bf16_supported()))
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from ..data.dataset import SPLITS, KnowledgeGraph, load_dataset
 from ..data.text import INVERSE_PREFIX, join_name_description, with_inverses
 from ..errors import CheckpointError, KGDistillError
 from ..evaluation.ranking import encode_store
+from ..runtime import resolve_precision
 from ..models.biencoder import BiEncoder, load_model_tokenizer
 from .index import (DTYPES, FAISS_KINDS, EntityIndex, build_index, default_index_location,
                     model_fingerprint)
@@ -173,7 +174,7 @@ class Predictor:
         self.model = model.eval().to(self.device) if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer
         self.config = config
-        self.precision = precision or config.train.precision
+        self.precision = resolve_precision(precision or config.train.precision, self.device)  # 'auto' -> bf16|fp32
         self.progress = progress
         self.data = DataContext(config, tokenizer, kg)
         self.kg: KnowledgeGraph = self.data.kg

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import LossConfig
 from ..data.batching import KnownTails, TrainBatch
+from ..runtime import fp32_scores
 
 MASKED = -1e4  # the logit given to a known true answer that must not act as a negative (SimKGC's value)
 
@@ -87,10 +88,11 @@ class InfoNCELoss(nn.Module):
         self.queue = PreBatchQueue(config.pre_batch * batch_size, model.hidden_size) if config.pre_batch else None
 
     def scores(self, hr: torch.Tensor, tail: torch.Tensor, head: torch.Tensor | None, queue=None) -> Scores:
+        """Cosine blocks, always in fp32 (the encoders may have run under bf16 autocast)."""
         queue = self.queue if queue is None else queue
-        pre = hr @ queue.vectors.T if (self.config.pre_batch and queue is not None) else None
-        self_neg = (hr * head).sum(-1) if (self.config.self_negative and head is not None) else None
-        return Scores(hr @ tail.T, pre, self_neg)
+        pre = fp32_scores(hr, queue.vectors) if (self.config.pre_batch and queue is not None) else None
+        self_neg = (hr.float() * head.float()).sum(-1) if (self.config.self_negative and head is not None) else None
+        return Scores(fp32_scores(hr, tail), pre, self_neg)
 
     def logits(self, scores: Scores, masks: NegativeMasks, inv_t: torch.Tensor, margin: bool,
                pre_keep: torch.Tensor | None = None, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +144,7 @@ class InfoNCELoss(nn.Module):
             known_t = self.known.contains(heads_all[None, :], rels_all[None, :], batch.tails[:, None])
             keep_t = ~(same | known_t)
             keep_t[np.arange(len(batch)), offset + np.arange(len(batch))] = True
-            transposed, _ = self.logits(Scores(tail @ hr_all.T, None, None),
+            transposed, _ = self.logits(Scores(fp32_scores(tail, hr_all), None, None),
                                         NegativeMasks(torch.from_numpy(keep_t), masks.self_negative), inv_t,
                                         margin=True, offset=offset)
             loss = loss + F.cross_entropy(transposed, labels)
@@ -163,7 +165,7 @@ class InfoNCELoss(nn.Module):
             pre_keep = self.queue.keep_mask(batch, self.known) if self.queue is not None else None
             scores = self.scores(hr, tail, head)
         else:
-            pre_keep, scores = None, Scores(hr @ tail.T, None, None)
+            pre_keep, scores = None, Scores(fp32_scores(hr, tail), None, None)
         logits, in_batch = self.logits(scores, masks, self.model.inv_temperature(), margin=self.training,
                                        pre_keep=pre_keep)
         loss = self.cross_entropy(logits, in_batch)

@@ -5,6 +5,7 @@
 - :class:`PooledMGFDLoss`: the released code's MGFD, one L2-normalised mean vector over the masked positions.
 - :class:`GenerativeMGFDLoss`: the paper's *generation* form; student token features at masked positions pass a small
   generation head that must reproduce the teacher's token features.
+- :class:`EmbeddingDistillLoss`: beyond the paper, the student's pooled unit vectors matched to the teacher's.
 """
 from __future__ import annotations
 
@@ -84,3 +85,18 @@ class GenerativeMGFDLoss(nn.Module):
             return student_hidden.new_zeros((), dtype=torch.float32)
         generated = self.generator(student_hidden[positions].float())
         return F.mse_loss(generated, teacher_hidden[positions].float().detach())
+
+
+class EmbeddingDistillLoss(nn.Module):
+    """Pull the student's pooled unit vectors onto the teacher's: a dense target per example, not only relative
+    scores, which is what lets a shallow student land in the teacher's vector space quickly."""
+
+    def __init__(self, kind: str = "cosine"):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        student, teacher = student.float(), teacher.float().detach()
+        if self.kind == "mse":
+            return F.mse_loss(student, teacher)
+        return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()

@@ -76,10 +76,20 @@ def num_layers(encoder: nn.Module) -> int:
 
 def even_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     """Layers to keep, spread evenly over the depth; the paper's own lists when the teacher has 12 layers."""
+    return choose_layers(teacher_layers, student_layers, "even")
+
+
+def choose_layers(teacher_layers: int, student_layers: int, choice: str = "even") -> list[int]:
+    """Which source layers a student keeps: ``even`` (spread over the depth, the paper's lists for 12 layers),
+    ``top`` (the last ones, nearest the pooled output) or ``bottom`` (the first ones, as DistilBERT-style truncation)."""
     if student_layers > teacher_layers:
         raise ConfigError(f"a student of {student_layers} layers cannot be built from {teacher_layers} layers")
     if student_layers == teacher_layers:
         return list(range(teacher_layers))
+    if choice == "top":
+        return list(range(teacher_layers - student_layers, teacher_layers))
+    if choice == "bottom":
+        return list(range(student_layers))
     if teacher_layers == 12 and student_layers in PAPER_LAYER_MAPS:
         return list(PAPER_LAYER_MAPS[student_layers])
     return [int((i + 0.5) * teacher_layers / student_layers) for i in range(student_layers)]

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..data.batching import BatchOrder, ExampleSet
 from ..errors import CheckpointError, KGDistillError
-from ..evaluation.ranking import autocast
 from ..io import atomic_write_json, atomic_write_text, environment_info, recover_dir
+from ..runtime import autocast, pick_device, precision_info
 from . import distributed
 from .checkpoint import load_training_state, save_training_state
 
@@ -31,14 +31,6 @@ LAST, BEST = "checkpoint-last", "checkpoint-best"
 
 class NonFiniteLossError(KGDistillError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise KGDistillError("config key 'train.device': cuda requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def compile_encoders(objective: torch.nn.Module) -> None:
@@ -80,7 +72,8 @@ class TrainResult:
 class Trainer:
     def __init__(self, run_dir: str | Path, config: RunConfig, objective, train_set: ExampleSet,
                  valid_set: ExampleSet | None, tokenizer, total_steps: int | None = None, lr: float | None = None,
-                 progress: bool = True):
+                 progress: bool = True, on_step=None):
+        self.on_step = on_step  # on_step(steps done here, steps left, seconds so far): progress estimates
         self.run_dir = Path(run_dir)
         self.config = config
         self.objective = objective
@@ -263,6 +256,8 @@ class Trainer:
                 if self.step % tc.checkpoint_every == 0 or self.step == self.total_steps:
                     self.save(LAST)
                 bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(self.step - start_step, self.total_steps - self.step, time.perf_counter() - start_time)
         bar.close()
         seconds = time.perf_counter() - start_time
         done = self.step - start_step
@@ -285,5 +280,6 @@ def write_run_info(run_dir: Path, config: RunConfig, extra: dict | None = None) 
     """Resolved config, seed, versions and the command beside the checkpoints."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.yaml")
+    precision = precision_info(config.train.precision, pick_device(config.train.device))
     atomic_write_json(run_dir / "run.json", {"seed": config.seed, "versions": environment_info(),
-                                            "pid": os.getpid(), **(extra or {})})
+                                            "precision": precision, "pid": os.getpid(), **(extra or {})})

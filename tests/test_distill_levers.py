@@ -1,0 +1,199 @@
+"""Issue 10: fp32 scores under autocast, dataset inheritance, the distillation levers and the ladder's controls."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+
+def _objective(config, teacher, student, mask_rate=0.0):
+    from kgdistill.api import DataContext
+    from kgdistill.distill.objective import DistillationObjective
+    from kgdistill.losses.contrastive import InfoNCELoss
+
+    data = DataContext(config, teacher_tokenizer(config))
+    loss = InfoNCELoss(student, config.loss, data.known_train, config.train.batch_size)
+    return DistillationObjective(student, teacher, loss, config.distill, mask_rate, 4), data
+
+
+def teacher_tokenizer(config):
+    from kgdistill.models.plm import load_tokenizer, resolve_plm
+
+    return load_tokenizer(resolve_plm(config.model.plm))
+
+
+def test_scores_are_fp32_under_bf16_autocast():
+    from kgdistill.config import LossConfig
+    from kgdistill.losses.contrastive import InfoNCELoss
+
+    torch.manual_seed(0)
+    hr = torch.nn.functional.normalize(torch.randn(8, 64), dim=-1)
+    tail = torch.nn.functional.normalize(hr + 0.3 * torch.randn(8, 64), dim=-1)
+    model = type("M", (), {"hidden_size": 64})()
+    loss = InfoNCELoss(model, LossConfig(self_negative=False), None, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = loss.scores(hr, tail, None)
+        plain = hr @ tail.T  # what the old code computed under autocast
+    assert scores.in_batch.dtype == torch.float32
+    assert torch.allclose(scores.in_batch, hr @ tail.T, atol=1e-6)
+    assert plain.dtype == torch.bfloat16 and (plain.float() - hr @ tail.T).abs().max() > 1e-3
+
+
+def test_auto_precision_follows_the_cpu_flags(monkeypatch):
+    from kgdistill import runtime
+
+    for flags, expected in ((["avx512f"], "fp32"), (["avx512f", "avx512_bf16"], "bf16"), (["amx_bf16"], "bf16")):
+        runtime._resolve.cache_clear()
+        runtime.cpu_native_bf16.cache_clear()
+        monkeypatch.setattr(runtime, "cpu_info", lambda flags=flags: {"model": "test cpu", "flags": flags,
+                                                                       "native_bf16": any(f in flags for f in runtime.NATIVE_BF16_FLAGS)})
+        assert runtime.resolve_precision("auto", "cpu") == expected
+        assert runtime.resolve_precision("fp32", "cpu") == "fp32"
+        assert runtime.resolve_precision("bf16", "cpu") == "bf16"
+        info = runtime.precision_info("auto", "cpu")
+        assert info["chosen"] == expected and info["cpu"]["model"] == "test cpu"
+    runtime._resolve.cache_clear()
+    runtime.cpu_native_bf16.cache_clear()
+
+
+def test_unreadable_flags_fall_back_to_a_cached_probe(monkeypatch, tmp_path):
+    from kgdistill import runtime
+
+    runtime._resolve.cache_clear()
+    runtime.cpu_native_bf16.cache_clear()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(runtime, "cpu_info", lambda: {"model": "mystery", "flags": [], "native_bf16": None})
+    calls = []
+    monkeypatch.setattr(runtime, "probe_cpu_bf16", lambda: calls.append(1) or {"fp32_s": 1.0, "bf16_s": 2.0,
+                                                                              "native_bf16": False})
+    assert runtime.resolve_precision("auto", "cpu") == "fp32"
+    runtime.cpu_native_bf16.cache_clear()
+    runtime._resolve.cache_clear()
+    assert runtime.resolve_precision("auto", "cpu") == "fp32"
+    assert calls == [1]  # the second process-level lookup read the cache
+    assert "mystery" in (tmp_path / "kgdistill/precision-probe.json").read_text()
+    runtime._resolve.cache_clear()
+    runtime.cpu_native_bf16.cache_clear()
+
+
+def test_student_and_teacher_score_columns_align_with_self_negatives_and_pre_batch(tiny_config, tmp_path):
+    """A student that is an exact copy of its teacher must produce the very same score matrix, column for column,
+    in-batch, pre-batch and self-negative blocks included, over several steps (the queues fill)."""
+    from kgdistill.api import load_model, train
+
+    config = tiny_config(loss__pre_batch=1, loss__self_negative=True, distill__alpha=0.5, distill__beta=0.0)
+    train(config, tmp_path / "t", evaluate_after=False, progress=False)
+    teacher, _, _ = load_model(tmp_path / "t")
+    student = copy.deepcopy(teacher)
+    objective, data = _objective(config, teacher, student)
+    objective.eval()
+    examples = data.train_set()
+    for step in range(3):
+        batch = examples.batch(np.arange(step * 8, step * 8 + 8), with_heads=True)
+        _, logs = objective(batch)
+        assert logs["l_score"] < 1e-10, (step, logs)
+    assert objective.loss.queue.entities.ge(0).all()
+
+
+def test_distill_inherits_the_teachers_dataset_and_text_settings(tiny_config, tiny_plm, tmp_path):
+    from kgdistill.api import train
+    from kgdistill.config import build_config
+    from kgdistill.distill.ladder import distill
+
+    teacher_config = tiny_config(data__max_tokens=20)
+    train(teacher_config, tmp_path / "t", evaluate_after=False, progress=False)
+    # the student's config names no dataset: the default ('wn18rr') must not win over the teacher's tiny KG
+    student_config = build_config(None, overrides={
+        "model": {"plm": str(tiny_plm)},
+        "train": {"batch_size": 8, "max_steps": 2, "warmup_steps": 1, "precision": "fp32", "device": "cpu"},
+        "distill": {"stage_steps": 2}})
+    assert student_config.data.dataset == "wn18rr"
+    out = distill(student_config, tmp_path / "t", tmp_path / "s", layers=2, progress=False)
+    saved = (tmp_path / "s/config.yaml").read_text()
+    assert teacher_config.data.dataset in saved and "max_tokens: 20" in saved
+    assert out["metrics"]["num_entities"] == 24  # the tiny KG, not WN18RR's 40,943
+
+
+@pytest.mark.parametrize("overrides", [
+    {"distill__embedding_weight": 0.5},
+    {"distill__embedding_weight": 0.5, "distill__embedding_loss": "mse"},
+    {"distill__student_input": "clean", "distill__mgfd": "pooled"},
+    {"distill__student_side": "query", "distill__embedding_weight": 1.0},
+    {"model__layer_choice": "top"},
+])
+def test_each_lever_trains_and_evaluates(tiny_config, tmp_path, overrides):
+    from kgdistill.api import load_model, train
+    from kgdistill.distill.ladder import distill
+
+    train(tiny_config(), tmp_path / "t", evaluate_after=False, progress=False)
+    config = tiny_config(model__init_from="teacher", **overrides)
+    out = distill(config, tmp_path / "t", tmp_path / "s", layers=2, mask_rate=0.2, progress=False)
+    assert 0 < out["metrics"]["no_rerank"]["both"]["mrr"] <= 1
+    logs = [json.loads(line) for line in (tmp_path / "s/train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in logs if "l_ce" in r]
+    assert steps and all(np.isfinite(r["loss"]) for r in steps)
+    if overrides.get("distill__embedding_weight"):
+        assert steps[0]["l_emb"] > 0
+    student, _, _ = load_model(tmp_path / "s")
+    teacher, _, _ = load_model(tmp_path / "t")
+    if overrides.get("distill__student_side") == "query":
+        assert student.num_layers == 2 and student.tail_encoder.config.num_hidden_layers == 4
+        for key, value in teacher.tail_encoder.state_dict().items():  # frozen: the teacher's entity index stays valid
+            assert torch.equal(student.tail_encoder.state_dict()[key], value)
+    if overrides.get("model__layer_choice") == "top":
+        assert student.info["layer_map"] == [2, 3]
+
+
+def test_clean_student_input_scores_clean_text_on_both_sides(tiny_config, tmp_path):
+    """With student_input=clean and a student identical to the teacher, L_SCORE is zero even at a high mask rate:
+    both score the same clean text (the old code compared the student's clean scores with masked teacher scores)."""
+    from kgdistill.api import load_model, train
+
+    config = tiny_config(distill__student_input="clean", distill__mgfd="pooled")
+    train(config, tmp_path / "t", evaluate_after=False, progress=False)
+    teacher, _, _ = load_model(tmp_path / "t")
+    objective, data = _objective(config, teacher, copy.deepcopy(teacher), mask_rate=0.5)
+    objective.eval()
+    _, logs = objective(data.train_set().batch(np.arange(8), with_heads=True))
+    assert logs["l_score"] < 1e-10 and logs["l_mgfd"] < 1e-10
+
+
+def test_no_mgfd_ablation_keeps_the_ce_weight(tiny_config):
+    from kgdistill.distill.ladder import stage_config
+
+    config, rate = stage_config(tiny_config(distill__alpha=0.1, distill__beta=0.1, distill__ablation="no-mgfd"), 0.2)
+    assert rate == 0.0 and config.distill.alpha == 0.1 and config.distill.beta == 0.1  # CE weight stays 0.8
+
+
+def test_budget_gives_cheap_grades_more_steps():
+    from kgdistill.config import build_config
+    from kgdistill.distill.ladder import plan
+
+    config = build_config("quick", overrides={"distill": {"budget": 180, "controls": ["direct", "plm"]}})
+    stages = plan(config, 6)
+    pmd = [s for s in stages if s.kind == "pmd"]
+    assert [s.layers for s in pmd] == [6, 5, 3, 2]
+    assert [s.steps for s in pmd] == sorted(s.steps for s in pmd)  # shallower -> more steps
+    assert sum(s.steps * s.cost for s in pmd) == pytest.approx(180, rel=0.05)
+    controls = [s for s in stages if s.kind in ("direct", "plm")]
+    assert len(controls) == 2 * len(pmd)
+    for control in controls:
+        grade = next(s for s in pmd if control.name.startswith(s.name))
+        assert control.steps == grade.steps and control.teacher == grade.teacher
+
+
+def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
+    from kgdistill.distill.ladder import pipeline
+
+    config = tiny_config(train__max_steps=3, distill__stage_steps=2, distill__pre_distill=False,
+                         distill__grades=[{"layers": 2, "mask_rate": 0.0}], distill__controls=["direct", "plm"],
+                         model__init_from="teacher")
+    report = pipeline(config, tmp_path / "p", progress=False)
+    assert [(r["kind"], r["layers"]) for r in report.rows] == [("teacher", 4), ("pmd", 2), ("direct", 2), ("plm", 2)]
+    rows = {r["kind"]: r for r in report.rows}
+    assert rows["direct"]["initialised_from"] == "teacher" and rows["plm"]["initialised_from"] == "plm"
+    assert rows["pmd"]["steps"] == rows["direct"]["steps"] == 2
+    assert "| direct |" in report.markdown()
