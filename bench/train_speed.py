@@ -2,7 +2,8 @@
 
     python bench/train_speed.py --steps 8 --batch-size 128 --json-out runs/train-speed.json
 
-Baseline: bf16 autocast, foreach AdamW, self-negatives on, no length bucketing, no torch.compile, all threads. Each
+Baseline: precision=auto (bf16 autocast only on a CPU with native bf16, else fp32), foreach AdamW, self-negatives on,
+no length bucketing, no torch.compile, all threads. Each
 variant changes one thing; samples/s is the median over ``--steps`` teacher steps after ``--warmup`` steps
 (:func:`kgdistill.benchmark.train_rate`). For compile, the extra warm-up seconds and the steps needed to earn them
 back are given; for bucketing, the epoch's padding waste (fraction of pad tokens) with and without. Bucketed steps
@@ -14,22 +15,23 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 from pathlib import Path
 
 import torch
 
 from kgdistill.api import DataContext
-from kgdistill.benchmark import train_rate
+from kgdistill.benchmark import machine_info, train_rate
 from kgdistill.config import build_config
 from kgdistill.data.batching import BatchOrder
 from kgdistill.errors import KGDistillError
 from kgdistill.models.plm import load_tokenizer, resolve_plm
+from kgdistill.runtime import precision_info
 
 VARIANTS = {  # name -> (what it changes, settings over the baseline)
-    "baseline": ("bf16, foreach AdamW, self-negatives, no bucketing, no compile, all threads", {}),
-    "fp32": ("no autocast", {"precision": "fp32"}),
+    "baseline": ("precision auto, foreach AdamW, self-negatives, no bucketing, no compile, all threads", {}),
+    "fp32": ("train.precision=fp32 (no autocast)", {"precision": "fp32"}),
+    "bf16": ("train.precision=bf16 (autocast, emulated where the CPU has no native bf16)", {"precision": "bf16"}),
     "bucketing": ("train.length_bucketing=true", {"bucketing": True}),
     "no-self-negatives": ("loss.self_negative=false: the head-alone text is not encoded", {"self_negative": False}),
     "fused-adamw": ("fused AdamW instead of foreach", {"fused": True}),
@@ -59,7 +61,7 @@ def measure(base, data: DataContext, settings: dict, args) -> dict:
     torch.manual_seed(0)
     times: list[float] = []
     try:
-        rate = train_rate(config, args.batch_size, settings.get("precision", "bf16"), args.steps, data=data,
+        rate = train_rate(config, args.batch_size, settings.get("precision", "auto"), args.steps, data=data,
                           fused=settings.get("fused", False), warmup=args.warmup, times=times)
     finally:
         torch.set_num_threads(args.threads)
@@ -152,8 +154,8 @@ def main() -> None:
     table = "\n".join(rows)
     print(f"\nbatch {args.batch_size}, {args.steps} steps after {args.warmup} warm-up, {args.threads} threads, "
           f"plm {args.plm}, dataset {args.dataset}\n\n{table}")
-    report = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                          "cpu": platform.processor() or "unknown"},
+    report = {"machine": {**machine_info(), "threads": args.threads,
+                          "auto_precision": precision_info("auto", "cpu")["chosen"]},
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "variants": {name: {"changes": VARIANTS[name][0], **result} for name, result in results.items()},
               "padding_waste": waste, "fused_adamw_on_cpu": fused_ok, "table": table}

@@ -202,3 +202,23 @@ def test_compile_failure_is_one_clear_line(tiny_config, tmp_path, monkeypatch):
 def test_bad_speed_options_are_refused(tiny_config, key, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         tiny_config(**{f"train__{key}": value})
+
+
+def test_train_rate_counts_flops_over_real_tokens_only(tiny_config):
+    """train_vs_token_bound's denominator: 3 x forward FLOPs of every real (non-pad) token of the three sequences."""
+    from kgdistill.api import DataContext
+    from kgdistill.benchmark import encoder_flops, sequence_flops, train_rate
+    from kgdistill.models.plm import load_encoder, load_tokenizer, resolve_plm
+
+    config = tiny_config()
+    data = DataContext(config, load_tokenizer(resolve_plm(config.model.plm)))
+    flops: list[float] = []
+    train_rate(config, 8, "fp32", repeats=1, data=data, warmup=0, flops=flops)
+    plm = load_encoder(resolve_plm(config.model.plm)).config
+    batch = data.train_set().batch(np.arange(8), with_heads=True)
+    mask = batch.hr.attention_mask.clone()
+    mask[:, -1] = 0  # a pad position counts nothing
+    assert sequence_flops(plm, mask) == sum(encoder_flops(plm, int(n)) for n in mask.sum(1))
+    assert len(flops) == 1 and flops[0] > 0
+    padded = 3 * 3 * 8 * encoder_flops(plm, batch.hr.input_ids.shape[1])
+    assert flops[0] < padded * 1.5  # same order as three padded passes, never counting pads of longer batches

@@ -59,13 +59,21 @@ def encode_rate(encoder, batch: int, tokens: int, precision: str, repeats: int) 
     return batch / _median_time(run, repeats)
 
 
+def sequence_flops(config, attention_mask: torch.Tensor) -> float:
+    """Forward FLOPs of a padded batch counting only its real tokens (what padding-free encoding would cost)."""
+    return float(sum(encoder_flops(config, int(n)) for n in attention_mask.sum(1).tolist()))
+
+
 def train_rate(config, batch_size: int, precision: str, repeats: int, layers: int | None = None, data=None,
-               fused: bool = False, warmup: int = 1, times: list[float] | None = None) -> float:
+               fused: bool = False, warmup: int = 1, times: list[float] | None = None,
+               flops: list[float] | None = None) -> float:
     """Samples/s of full teacher (or student) steps on real WN18RR batches, drawn and encoded as the trainer does
     (``train.length_bucketing``, ``train.compile`` and ``loss.self_negative`` apply).
 
     ``data``: a DataContext of the same tokenizer, reused across calls; ``fused``: fused AdamW instead of foreach;
-    ``times``: receives every step's seconds, the ``warmup`` steps first (where compilation shows)."""
+    ``times``: receives every step's seconds, the ``warmup`` steps first (where compilation shows);
+    ``flops``: receives every step's training FLOPs over real tokens (forward + backward = 3 forward passes of each
+    encoded sequence: query, tail and, with self-negatives, head)."""
     from .api import DataContext, build_model
     from .data.batching import BatchOrder
     from .losses.contrastive import InfoNCELoss
@@ -95,6 +103,11 @@ def train_rate(config, batch_size: int, precision: str, repeats: int, layers: in
         optimizer.step()
         if times is not None:
             times.append(time.perf_counter() - t0)
+        if flops is not None:
+            parts = [(model.hr_encoder, batch.hr), (model.tail_encoder, batch.tail)]
+            if batch.head is not None:
+                parts.append((model.tail_encoder, batch.head))
+            flops.append(3 * sum(sequence_flops(enc.config, b.attention_mask) for enc, b in parts))
 
     return batch_size / _median_time(step, repeats, warmup)
 
@@ -104,52 +117,79 @@ def peak_rss_mb() -> float:
 
 
 def machine_info() -> dict:
+    from .runtime import cpu_info
+
+    cpu = cpu_info()
     return {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or "unknown"}
+            "cpu": cpu["model"], "cpu_flags": cpu["flags"], "native_bf16": cpu["native_bf16"]}
 
 
 def run(quick: bool = False, model_dir: str | None = None, repeats: int = 3) -> dict:
+    """Every key in both modes; ``--quick`` only measures fewer and smaller things (one batch size, a slice of the
+    test queries). Ratios to peak use the fastest precision this machine has."""
     from .models.plm import build_student_encoder, even_layer_map, load_encoder, resolve_plm
+    from .runtime import precision_info
 
     torch.manual_seed(0)
-    results: dict = {"machine": machine_info()}
-    results["matmul_peak_gflops_fp32"] = matmul_peak(torch.float32, repeats=repeats)
-    results["matmul_peak_gflops"] = matmul_peak(torch.bfloat16, repeats=repeats)
+    cpu = torch.device("cpu")
+    auto = precision_info("auto", cpu)
+    results: dict = {"machine": machine_info(), "auto_precision": auto["chosen"], "auto_reason": auto["reason"]}
+    peaks = {p: matmul_peak(dtype, repeats=repeats) for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    results["matmul_peak_gflops_fp32"], results["matmul_peak_gflops_bf16"] = peaks["fp32"], peaks["bf16"]
+    fastest = max(peaks, key=peaks.get)
+    results["matmul_peak_gflops"], results["fastest_precision"] = peaks[fastest], fastest
     plm = load_encoder(resolve_plm("default"))
     tokens, batch = 50, 128
     flops = encoder_flops(plm.config, tokens)
-    for precision, key in (("fp32", "fp32"), ("bf16", "bf16")):
+    for precision in ("fp32", "bf16"):
         rate = encode_rate(plm, batch, tokens, precision, repeats)
-        results[f"encode_seq_per_s_{key}"] = rate
-        results[f"encode_gflops_{key}"] = rate * flops / 1e9
-    results["encode_gflops"] = results["encode_gflops_bf16"]
-    results["matmul_peak_gflops_bf16"] = results["matmul_peak_gflops"]
-    results["encode_vs_peak"] = results["encode_gflops_bf16"] / results["matmul_peak_gflops"]
-    results["encode_vs_peak_fp32"] = results["encode_gflops_fp32"] / results["matmul_peak_gflops_fp32"]
+        results[f"encode_seq_per_s_{precision}"] = rate
+        results[f"encode_gflops_{precision}"] = rate * flops / 1e9
+        results[f"encode_vs_own_peak_{precision}"] = rate * flops / 1e9 / peaks[precision]
+    results["encode_gflops"] = results[f"encode_gflops_{auto['chosen']}"]
+    results["encode_vs_peak"] = results["encode_gflops"] / results["matmul_peak_gflops"]
     student = build_student_encoder(plm, even_layer_map(plm.config.num_hidden_layers, 2))
-    student_rate = encode_rate(student, batch, tokens, "bf16", repeats)
-    results["student_encode_speedup"] = student_rate / results["encode_seq_per_s_bf16"]
+    student_rate = encode_rate(student, batch, tokens, auto["chosen"], repeats)
+    results["student_encode_speedup"] = student_rate / results[f"encode_seq_per_s_{auto['chosen']}"]
     config = build_config("quick")
-    sizes = [128] if quick else [128, 256]
-    precisions = ["bf16"] if quick else ["fp32", "bf16"]
+    from .api import DataContext
+    from .models.plm import load_tokenizer
+
+    data = DataContext(config, load_tokenizer(resolve_plm("default")))
     results["train"] = {}
-    for size in sizes:
-        for precision in precisions:
-            results["train"][f"teacher_b{size}_{precision}"] = train_rate(config, size, precision, max(2, repeats - 1))
-    results["train"]["student2L_b128_bf16"] = train_rate(config, 128, "bf16", max(2, repeats - 1), layers=2)
-    results["train_samples_per_s"] = results["train"]["teacher_b128_bf16"]
-    if not quick:
-        results["evaluation"] = evaluation_split(model_dir, results["encode_seq_per_s_bf16"])
-        results["eval_vs_encode_bound"] = results["evaluation"]["vs_encode_bound"]
+    steps = max(2, repeats - 1)
+    for size in ([128] if quick else [128, 256]):
+        for precision in ("fp32", "bf16"):
+            step_flops: list[float] = []
+            rate = train_rate(config, size, precision, steps, data=data, warmup=1, flops=step_flops)
+            results["train"][f"teacher_b{size}_{precision}"] = rate
+            if size == 128:
+                results["train_flops_per_sample"] = statistics.median(step_flops) / size
+    results["train"]["student2L_b128_" + auto["chosen"]] = train_rate(config, 128, auto["chosen"], steps, layers=2,
+                                                                      data=data)
+    results["train_samples_per_s_fp32"] = results["train"]["teacher_b128_fp32"]
+    results["train_samples_per_s_bf16"] = results["train"]["teacher_b128_bf16"]
+    results["train_samples_per_s"] = results["train"][f"teacher_b128_{auto['chosen']}"]
+    results["auto_vs_fastest_train"] = results["train_samples_per_s"] / max(results["train_samples_per_s_fp32"],
+                                                                            results["train_samples_per_s_bf16"])
+    # the rate the fastest matmul peak would allow for the real tokens (three passes a sample, forward + backward)
+    token_bound = results["matmul_peak_gflops"] * 1e9 / results["train_flops_per_sample"]
+    results["train_token_bound_samples_per_s"] = token_bound
+    results["train_vs_token_bound"] = results["train_samples_per_s"] / token_bound
+    results["evaluation"] = evaluation_split(model_dir, results[f"encode_seq_per_s_{auto['chosen']}"],
+                                             max_queries=500 if quick else None)
+    results["eval_vs_encode_bound"] = results["evaluation"]["vs_encode_bound"]
     results["peak_rss_mb"] = peak_rss_mb()
     return results
 
 
-def evaluation_split(model_dir: str | None, encode_rate_bf16: float) -> dict:
-    """Full WN18RR test evaluation: time encoding vs ranking, against an encode-only bound at the measured rate."""
+def evaluation_split(model_dir: str | None, encode_rate: float, max_queries: int | None = None) -> dict:
+    """WN18RR test evaluation (all entities; the first ``max_queries`` test triples, default all): time encoding vs
+    ranking, against an encode-only bound at the measured encoding rate."""
     from .api import DataContext, build_model, load_model
 
     config = build_config("quick")
+    config.eval.max_queries = max_queries
     if model_dir:
         model, tokenizer, _ = load_model(model_dir)
     else:
@@ -158,9 +198,9 @@ def evaluation_split(model_dir: str | None, encode_rate_bf16: float) -> dict:
     result = data.evaluator(torch.device("cpu")).evaluate(model, "test", progress=False)
     s = result.seconds
     entity_tokens = int(data.evaluator().entity_store().lengths().sum())
-    sequences = data.kg.num_entities + 2 * len(data.kg.splits["test"])
+    sequences = data.kg.num_entities + 2 * result.metrics["num_triples"]
     # encode-only bound: the same number of sequences at the measured 50-token rate (padding-free texts are shorter)
-    bound = sequences / encode_rate_bf16
+    bound = sequences / encode_rate
     return {"seconds": s, "encode_share": (s["encode_entities"] + s["encode_queries"]) / s["total"],
             "sequences": sequences, "mean_entity_tokens": entity_tokens / data.kg.num_entities,
             "encode_only_bound_s_at_50_tokens": bound, "vs_encode_bound": s["total"] / bound,
