@@ -197,3 +197,16 @@ def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
     assert rows["direct"]["initialised_from"] == "teacher" and rows["plm"]["initialised_from"] == "plm"
     assert rows["pmd"]["steps"] == rows["direct"]["steps"] == 2
     assert "| direct |" in report.markdown()
+
+
+def test_every_pipeline_grade_gets_a_model_card_matching_its_metrics(tiny_config, tmp_path):
+    from kgdistill.distill.ladder import pipeline
+    from kgdistill.inference.model_card import front_matter
+
+    config = tiny_config(train__max_steps=2, distill__stage_steps=2, distill__grades=[{"layers": 2, "mask_rate": 0.0}])
+    pipeline(config, tmp_path / "p", progress=False)
+    for stage in ("00-teacher", "01-pre-distilled", "02-grade1-2L"):
+        card = front_matter((tmp_path / "p" / stage / "README.md").read_text(encoding="utf-8"))
+        metrics = json.loads((tmp_path / "p" / stage / "metrics.json").read_text())
+        first = card["model-index"][0]["results"][0]  # without re-ranking
+        assert {m["type"]: m["value"] for m in first["metrics"]}["mrr"] == metrics["no_rerank"]["both"]["mrr"], stage

@@ -39,7 +39,7 @@ class DataContext:
 
     def __init__(self, config: RunConfig, tokenizer, kg: KnowledgeGraph | None = None):
         self.config = config
-        self.kg = (kg or load_dataset(config.data.dataset)).limited(config.data.train_limit)
+        self.kg = (kg or load_dataset(config.data.dataset, config.data.format)).limited(config.data.train_limit)
         d = config.data
         self.texts = TextBuilder(self.kg, d.use_neighbors, d.neighbor_min_words, d.max_neighbors)
         self.tokenized = Tokenized(tokenizer, tokenizer_key(tokenizer), d.max_tokens, d.cache_dir)

@@ -1,4 +1,5 @@
-"""Knowledge graphs: the bundled WN18RR and FB15k-237, and any folder in the documented format.
+"""Knowledge graphs: the bundled WN18RR and FB15k-237, and any folder in the documented format (or in the SimKGC or
+KG-BERT layout, read by :mod:`kgdistill.data.formats`).
 
 Folder format (UTF-8; a BOM and CRLF line endings are accepted):
 - ``train.txt``, ``valid.txt``, ``test.txt``: ``head<TAB>relation<TAB>tail`` (ids), one triple a line;
@@ -70,8 +71,8 @@ class KnowledgeGraph:
                               f"{self.fingerprint}-train{train_limit}", self.source)
 
 
-def decode_lines(raw: bytes, filename: str) -> list[str]:
-    """Decode UTF-8 strictly, naming the line of the first bad byte; drop a BOM, accept CRLF."""
+def decode_text(raw: bytes, filename: str) -> str:
+    """Decode UTF-8 strictly, naming the line of the first bad byte; drop a BOM; refuse NUL bytes."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
@@ -82,13 +83,18 @@ def decode_lines(raw: bytes, filename: str) -> list[str]:
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise DataError(f"{filename}:{line}: contains a NUL byte (binary file?)")
-    lines = text.split("\n")
+    return text
+
+
+def decode_lines(raw: bytes, filename: str) -> list[str]:
+    """:func:`decode_text` split into lines, CRLF accepted."""
+    lines = decode_text(raw, filename).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def _fields(line: str, filename: str, lineno: int, expected: int) -> list[str]:
+def fields(line: str, filename: str, lineno: int, expected: int) -> list[str]:
     parts = line.split("\t")
     if len(parts) != expected:
         raise DataError(f"{filename}:{lineno}: expected {expected} tab-separated columns, found {len(parts)}")
@@ -111,7 +117,7 @@ def parse_entities(raw: bytes, filename: str) -> tuple[list[str], list[str], lis
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        parts = _fields(line, filename, lineno, len(header))
+        parts = fields(line, filename, lineno, len(header))
         entity_id, name, description = parts[0].strip(), parts[1].strip(), parts[2].strip()
         if not entity_id:
             raise DataError(f"{filename}:{lineno}: empty entity id")
@@ -137,7 +143,7 @@ def parse_relations(raw: bytes, filename: str) -> dict[str, str]:
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        parts = _fields(line, filename, lineno, width)
+        parts = fields(line, filename, lineno, width)
         rel, text = parts[0].strip(), parts[1].strip()
         if not rel or not text:
             raise DataError(f"{filename}:{lineno}: empty relation id or text")
@@ -153,21 +159,22 @@ def relation_id_to_text(relation: str) -> str:
 
 
 def parse_triples(raw: bytes, filename: str, entity_index: dict[str, int],
-                  relation_index: dict[str, int] | None, new_relations: list[str]) -> np.ndarray:
+                  relation_index: dict[str, int] | None, new_relations: list[str],
+                  entity_file: str = "entities.tsv", relation_file: str = "relations.tsv") -> np.ndarray:
     """Parse one split; with ``relation_index`` None relations are collected into ``new_relations`` (which may
-    already hold those of earlier splits: their numbers are kept)."""
+    already hold those of earlier splits: their numbers are kept). The file names only go into error messages."""
     rows = []
     known = {r: i for i, r in enumerate(new_relations)} if relation_index is None else relation_index
     for lineno, line in enumerate(decode_lines(raw, filename), start=1):
         if not line.strip():
             continue
-        head, rel, tail = (p.strip() for p in _fields(line, filename, lineno, 3))
+        head, rel, tail = (p.strip() for p in fields(line, filename, lineno, 3))
         for role, ent in (("head", head), ("tail", tail)):
             if ent not in entity_index:
-                raise DataError(f"{filename}:{lineno}: unknown {role} entity '{ent[:80]}' (not in entities.tsv)")
+                raise DataError(f"{filename}:{lineno}: unknown {role} entity '{ent[:80]}' (not in {entity_file})")
         if rel not in known:
             if relation_index is not None:
-                raise DataError(f"{filename}:{lineno}: unknown relation '{rel[:80]}' (not in relations.tsv)")
+                raise DataError(f"{filename}:{lineno}: unknown relation '{rel[:80]}' (not in {relation_file})")
             if not rel:
                 raise DataError(f"{filename}:{lineno}: empty relation")
             known[rel] = len(new_relations)
@@ -176,12 +183,18 @@ def parse_triples(raw: bytes, filename: str, entity_index: dict[str, int],
     return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
 
-def _build(name: str, source: str, read: dict[str, bytes | None]) -> KnowledgeGraph:
+def digest_files(read: dict[str, bytes | None]) -> str:
+    """Fingerprint of a dataset: its file names and contents (token caches and the load memo are keyed on it)."""
     digest = hashlib.sha256()
     for key in sorted(read):
         if read[key] is not None:
             digest.update(key.encode())
             digest.update(read[key])
+    return digest.hexdigest()[:16]
+
+
+def build_kgdistill(name: str, source: str, read: dict[str, bytes | None], fingerprint: str) -> KnowledgeGraph:
+    """The graph of a folder in the documented format, from its files' bytes."""
     entity_ids, names, descriptions = parse_entities(read["entities.tsv"], f"{source}/entities.tsv")
     entity_index = {e: i for i, e in enumerate(entity_ids)}
     relation_texts_by_id = None
@@ -197,26 +210,27 @@ def _build(name: str, source: str, read: dict[str, bytes | None]) -> KnowledgeGr
         raise DataError(f"{source}/train.txt: no triples")
     texts = ([relation_texts_by_id[r] for r in relation_order] if relation_texts_by_id is not None
              else [relation_id_to_text(r) or r for r in relation_order])
-    return KnowledgeGraph(name, entity_ids, names, descriptions, relation_order, texts, splits,
-                          digest.hexdigest()[:16], source)
+    return KnowledgeGraph(name, entity_ids, names, descriptions, relation_order, texts, splits, fingerprint, source)
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:  # permission denied, I/O error: a user error naming the file, not a traceback
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def _read_folder(folder: Path) -> dict[str, bytes | None]:
+def read_kgdistill(folder: Path) -> dict[str, bytes | None]:
     read: dict[str, bytes | None] = {}
     for filename in ("entities.tsv", *(f"{s}.txt" for s in SPLITS)):
         path = folder / filename
         if not path.is_file():
-            raise DataError(f"{path}: missing (a dataset folder needs entities.tsv, train.txt, valid.txt, test.txt)")
-        read[filename] = _read_bytes(path)
+            also = "; or the SimKGC or KG-BERT files, see the README" if filename == "entities.tsv" else ""
+            raise DataError(f"{path}: missing (a dataset folder needs entities.tsv, train.txt, valid.txt, test.txt"
+                            f"{also})")
+        read[filename] = read_bytes(path)
     relations = folder / "relations.tsv"
-    read["relations.tsv"] = _read_bytes(relations) if relations.is_file() else None
+    read["relations.tsv"] = read_bytes(relations) if relations.is_file() else None
     return read
 
 
@@ -232,12 +246,37 @@ def _read_bundled(archive_name: str) -> dict[str, bytes | None]:
     return read
 
 
-def load_dataset(name_or_path: str) -> KnowledgeGraph:
-    """Load a bundled dataset by name (``wn18rr``, ``fb15k-237``) or any folder in the documented format."""
+_LOADED: dict[tuple[str, str, str], KnowledgeGraph] = {}
+
+
+def load_dataset(name_or_path: str, format: str = "auto") -> KnowledgeGraph:
+    """Load a bundled dataset by name (``wn18rr``, ``fb15k-237``) or a folder in our format, SimKGC's or KG-BERT's
+    (``format`` auto: recognised by its files).
+
+    The graph loaded last is kept: a second load of identical files (same layout, path and bytes) returns it, so
+    that checking a dataset before a model loads and then using it costs one parse.
+    """
+    from .formats import FORMATS, LAYOUTS, detect_format
+
+    if format not in FORMATS:
+        raise DataError(f"data.format '{format}': expected one of {', '.join(FORMATS)}")
     key = ALIASES.get(str(name_or_path).lower())
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return _build(path.name, str(path), _read_folder(path))
-    if key is not None:
-        return _build(key, key, _read_bundled(BUNDLED[key]))
-    raise DataError(f"dataset '{name_or_path}': neither a bundled dataset ({', '.join(BUNDLED)}) nor a folder")
+        layout = detect_format(path) if format == "auto" else format
+        read_files, build = LAYOUTS[layout]
+        name, source, read = path.name, str(path), read_files(path)
+    elif key is not None:
+        if format not in ("auto", "kgdistill"):
+            raise DataError(f"data.format '{format}': '{name_or_path}' is a bundled dataset, in the kgdistill format")
+        layout, build = "kgdistill", build_kgdistill
+        name, source, read = key, key, _read_bundled(BUNDLED[key])
+    else:
+        raise DataError(f"dataset '{name_or_path}': neither a bundled dataset ({', '.join(BUNDLED)}) nor a folder")
+    fingerprint = digest_files(read)
+    memo = (layout, source, fingerprint)
+    if memo not in _LOADED:
+        kg = build(name, source, read, fingerprint)
+        _LOADED.clear()
+        _LOADED[memo] = kg
+    return _LOADED[memo]

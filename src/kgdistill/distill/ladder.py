@@ -14,6 +14,7 @@ from pathlib import Path
 from ..api import DataContext, build_model, evaluate_in_run, load_model, load_run_config, tokenizer_key, train
 from ..config import DataConfig, GradeConfig, RunConfig
 from ..errors import KGDistillError
+from ..inference.model_card import write_model_card
 from ..io import atomic_write_json
 from ..losses.contrastive import InfoNCELoss
 from ..training.objectives import ContrastiveObjective
@@ -239,6 +240,7 @@ def pipeline(config: RunConfig, output_dir: str | Path, teacher: str | Path | No
                 distill(stage_config_, folders[stage.teacher], stage_dir, layers=stage.layers,
                         mask_rate=stage.mask_rate or 0.0, resume=resume, steps=stage.steps, lr=stage.lr,
                         progress=progress, on_step=on_step)
+            write_model_card(stage_dir)
             atomic_write_json(marker, {"done": True, "stage": stage.__dict__})
         folders[stage.name] = stage_dir
     report = build_report([(s.name, folders[s.name], s.kind) for s in stages])

@@ -30,8 +30,10 @@ def _index_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_predictor(args, progress: bool = True):
+    from ..cli import check_dataset
     from .predictor import Predictor
 
+    check_dataset(args.dataset)  # before the weights load
     return Predictor.from_pretrained(args.model, args.dataset, args.checkpoint, device=args.device,
                                      index_dir=args.index_dir, index_dtype=args.index_dtype, index=args.index,
                                      backend=args.backend, progress=progress)

@@ -10,6 +10,9 @@ Folder layout (``kgdistill export --model RUN --format hf|onnx [--quantize int8]
     OUT/onnx/query_encoder.onnx, entity_encoder.onnx               [onnx] both encoders, pooled unit vectors out
     OUT/onnx/*.int8.onnx                                           [onnx --quantize int8] dynamic int8 weights
     OUT/export.json                                                what is where, and the verification numbers
+    OUT/metrics.json, run.json, train_summary.json                 copied from the run folder when there (metrics only
+                                                                   if measured on this checkpoint and dataset)
+    OUT/README.md                                                  model card (Hugging Face convention)
 
 ``Predictor.from_pretrained(OUT)`` needs nothing else (``backend='onnx'`` runs the ONNX encoders with onnxruntime).
 With ``--quantize int8`` and ``--format hf`` the weights stay fp32 on disk and every Linear layer is quantised
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,10 +36,13 @@ from torch import nn
 from ..api import load_run_config, resolve_model_dir
 from ..config import RunConfig
 from ..data.batching import EncoderBatch, pad, tokenize
-from ..data.dataset import SPLITS, KnowledgeGraph, load_dataset
+from ..data.dataset import SPLITS, load_dataset
+from ..data.formats import write_dataset
 from ..errors import KGDistillError
-from ..io import atomic_write_json, atomic_write_text, replace_dir, sha256_file
+from ..io import atomic_write_json, replace_dir, sha256_file
 from ..models.biencoder import BiEncoder, Encoded, load_model_tokenizer
+from ..training.trainer import BEST, LAST
+from .model_card import write_model_card
 from .predictor import EXPORT_META, Predictor, model_info
 
 log = logging.getLogger("kgdistill")
@@ -189,21 +196,6 @@ def _quantize_onnx(src: Path, dst: Path) -> None:
         root.setLevel(level)
 
 
-# ---------------------------------------------------------------------------------------------------- dataset copy
-def write_dataset(kg: KnowledgeGraph, folder: Path) -> None:
-    """The graph in the documented folder format, entities and relations in their original order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = ["id\tname\tdescription"] + [f"{i}\t{n}\t{d}" for i, n, d in
-                                         zip(kg.entity_ids, kg.entity_names, kg.entity_descriptions)]
-    atomic_write_text(folder / "entities.tsv", "\n".join(rows) + "\n")
-    rows = ["id\ttext"] + [f"{r}\t{t}" for r, t in zip(kg.relation_ids, kg.relation_texts)]
-    atomic_write_text(folder / "relations.tsv", "\n".join(rows) + "\n")
-    e, r = kg.entity_ids, kg.relation_ids
-    for split in SPLITS:
-        lines = "".join(f"{e[h]}\t{r[rel]}\t{e[t]}\n" for h, rel, t in kg.splits[split])
-        atomic_write_text(folder / f"{split}.txt", lines)
-
-
 def _check_output(output: Path, source: Path) -> None:
     output_r, source_r = output.resolve(), source.resolve()
     if output_r == source_r or output_r in source_r.parents:
@@ -213,6 +205,25 @@ def _check_output(output: Path, source: Path) -> None:
             raise KGDistillError(f"--output {output}: exists and is not a folder")
         if any(output.iterdir()) and not (output / EXPORT_META).is_file():
             raise KGDistillError(f"--output {output}: not empty and not a previous export; choose another folder")
+
+
+def _dataset_in_model_json(source: Path) -> str | None:
+    """The dataset named in the model.json of a folder without a run config, read before the weights load."""
+    try:
+        return json.loads((source / "model.json").read_text(encoding="utf-8"))["info"]["dataset"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # BiEncoder.load reports a broken model.json
+
+
+def _copy_run_files(source: Path, config: RunConfig, same_dataset: bool, stage: Path) -> None:
+    """The run's metrics and provenance, beside the export for its model card; the metrics only when they were
+    measured on the exported checkpoint and dataset."""
+    run_dir = source.parent if source.name in (LAST, BEST) else source
+    evaluated = BEST if config.eval.checkpoint == "best" and (run_dir / BEST).is_dir() else LAST
+    metrics_apply = same_dataset and (source == run_dir or source.name == evaluated)
+    for name in ("metrics.json", "run.json", "train_summary.json"):
+        if (run_dir / name).is_file() and (name != "metrics.json" or metrics_apply):
+            shutil.copyfile(run_dir / name, stage / name)
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -233,15 +244,15 @@ def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", 
     source = resolve_model_dir(model_dir, checkpoint)
     output = Path(output)
     _check_output(output, source)
-    model = BiEncoder.load(source).eval()
-    tokenizer = load_model_tokenizer(source)
     saved = load_run_config(source)
     config: RunConfig = copy.deepcopy(saved or RunConfig())
     if dataset is not None:
-        config.data.dataset = str(dataset)
+        config.data.dataset, config.data.format = str(dataset), "auto"
     elif saved is None:
-        config.data.dataset = model.info.get("dataset", config.data.dataset)
-    kg = load_dataset(config.data.dataset)
+        config.data.dataset = _dataset_in_model_json(source) or config.data.dataset
+    kg = load_dataset(config.data.dataset, config.data.format)  # before the weights: a bad dataset fails at once
+    model = BiEncoder.load(source).eval()
+    tokenizer = load_model_tokenizer(source)
     final = output.resolve()
     data_rel = f"data/{kg.name}"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +262,7 @@ def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", 
         model.save(stage, tokenizer)
         write_dataset(kg, stage / data_rel)
         exported = copy.deepcopy(config)
-        exported.data.dataset = str(final / data_rel)
+        exported.data.dataset, exported.data.format = str(final / data_rel), "kgdistill"
         exported.data.cache_dir = None
         exported.save(stage / "config.yaml")
         report: dict = {"format": EXPORT_FORMAT, "version": 1, "export_format": format, "quantize": quantize,
@@ -289,6 +300,8 @@ def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", 
             report["onnx"]["index"] = {"files": [f"index/{stem}.npy", f"index/{stem}.json"],
                                        "model_fingerprint": onnx_predictor.fingerprint}
         atomic_write_json(stage / EXPORT_META, report)
+        _copy_run_files(source, config, dataset is None, stage)
+        write_model_card(stage, name=output.name)
         replace_dir(stage, output)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
