@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from kgdistill.api import DataContext, load_model, load_run_config
-from kgdistill.inference.export import OnnxBiEncoder, export_model
+from kgdistill.inference.backends import OnnxBiEncoder, quantize_int8
+from kgdistill.inference.export import export_model
 from kgdistill.inference.index import recall_at
-from kgdistill.inference.predictor import Predictor, quantize_int8
+from kgdistill.inference.predictor import Predictor
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -84,7 +85,7 @@ def encoder_evidence(model_dir: str, variants: list[str], max_queries: int | Non
         export_meta = None
         if any(v.startswith("onnx") for v in variants):
             t0 = time.perf_counter()
-            export_meta = export_model(model_dir, export_dir, format="onnx", quantize="int8")
+            export_meta = export_model(model_dir, export_dir, format="onnx", quantize="int8").meta
             out["export_s"] = time.perf_counter() - t0
             out["onnx_max_abs_diff"] = export_meta["onnx"]["max_abs_diff_vs_pytorch"]
             out["onnx_int8_max_abs_diff"] = export_meta["onnx"]["int8_max_abs_diff_vs_pytorch"]

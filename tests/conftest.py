@@ -1,4 +1,5 @@
-"""Fixtures: a tiny random BERT built from a config (saved as a local HF folder) and a tiny synthetic KG."""
+"""Fixtures: a tiny random BERT built from a config (saved as a local HF folder), a tiny synthetic KG, and the one
+tiny config every test trains with (:data:`TINY_CONFIG`, as a config, CLI overrides or a trained run)."""
 from __future__ import annotations
 
 import os
@@ -81,23 +82,57 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     return path
 
 
-@pytest.fixture()
-def tiny_config(tiny_plm, tiny_kg, cache_dir):
-    """A config that trains in a second or two on the tiny KG and tiny BERT."""
+# A config that trains in a second or two on the tiny KG and tiny BERT: the base of every test's run.
+TINY_CONFIG = {
+    "data": {"max_tokens": 24, "valid_limit": 16},
+    "train": {"batch_size": 8, "lr": 1e-3, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1,
+              "precision": "fp32", "device": "cpu"},
+    "eval": {"batch_size": 16},
+    "distill": {"stage_steps": 4},
+}
+
+
+def tiny_values(**changes) -> dict:
+    """:data:`TINY_CONFIG` with ``section__key=value`` changes; a value of None drops the key (the default applies)."""
+    values = {section: dict(items) for section, items in TINY_CONFIG.items()}
+    for key, value in changes.items():
+        section, name = key.split("__")
+        if value is None:
+            values.get(section, {}).pop(name, None)
+        else:
+            values.setdefault(section, {})[name] = value
+    return values
+
+
+def tiny_overrides(**changes) -> list[str]:
+    """The tiny config as the CLI's ``key=value`` overrides."""
+    return [f"{section}.{name}={value}" for section, items in tiny_values(**changes).items()
+            for name, value in items.items()]
+
+
+def make_tiny_config(kg: Path, plm: Path, **changes):
+    """The tiny config on ``kg`` with ``plm`` (no preset), with ``section__key=value`` changes."""
     from kgdistill.config import build_config
 
+    values = tiny_values(**changes)
+    values.setdefault("data", {}).setdefault("dataset", str(kg))
+    values.setdefault("model", {}).setdefault("plm", str(plm))
+    return build_config(None, overrides=values)
+
+
+def train_tiny(run_dir: Path, kg: Path, plm: Path, evaluate: bool = False, **changes) -> Path:
+    """A tiny trained run (the teacher job) in ``run_dir``; returns the folder."""
+    from kgdistill.jobs.train import train
+
+    train(make_tiny_config(kg, plm, **changes), run_dir, evaluate_after=evaluate, progress=False)
+    return run_dir
+
+
+@pytest.fixture()
+def tiny_config(tiny_plm, tiny_kg, cache_dir):
+    """The tiny config on the tiny KG; call it with ``section__key=value`` changes."""
+
     def make(**overrides):
-        values = {
-            "data": {"dataset": str(tiny_kg), "max_tokens": 24, "valid_limit": 16},
-            "model": {"plm": str(tiny_plm)},
-            "train": {"batch_size": 8, "lr": 1e-3, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 2,
-                      "log_every": 1, "precision": "fp32", "device": "cpu"},
-            "eval": {"batch_size": 16},
-            "distill": {"stage_steps": 4},
-        }
-        for key, value in overrides.items():
-            section, name = key.split("__")
-            values.setdefault(section, {})[name] = value
-        return build_config(None, overrides=values)
+        return make_tiny_config(tiny_kg, tiny_plm, **overrides)
 
     return make

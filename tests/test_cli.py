@@ -3,16 +3,19 @@ import json
 
 import yaml
 
+from conftest import tiny_overrides
 from kgdistill.cli import main
 
-COMMON = ["data.max_tokens=24", "train.batch_size=8", "train.precision=fp32", "train.warmup_steps=1",
-          "eval.batch_size=16", "data.valid_limit=16"]
+COMMON = tiny_overrides(train__max_steps=None, train__lr=None, train__checkpoint_every=None, train__log_every=None,
+                        train__device=None, distill__stage_steps=None)  # on the quick preset
 
 
 def test_train_evaluate_distill(tiny_plm, tiny_kg, tmp_path, cache_dir, capsys, caplog):
     run = tmp_path / "teacher"
     assert main(["train", "--dataset", str(tiny_kg), "--plm", str(tiny_plm), "--output-dir", str(run),
-                 "--seed", "7", "train.max_steps=3", *COMMON]) == 0
+                 "--seed", "7", "train.max_steps=3", "--json", *COMMON]) == 0
+    printed = json.loads(capsys.readouterr().out)  # --json prints the result's to_dict(), and nothing else
+    assert printed["run_dir"] == str(run) and printed["train"]["steps"] == 3
     for name in ("config.yaml", "run.json", "train_log.jsonl", "metrics.json", "checkpoint-last/model.safetensors",
                  "checkpoint-last/manifest.json", "checkpoint-last/tokenizer", "checkpoint-best/model.json"):
         assert (run / name).exists(), name
@@ -21,6 +24,7 @@ def test_train_evaluate_distill(tiny_plm, tiny_kg, tmp_path, cache_dir, capsys, 
     info = json.loads((run / "run.json").read_text())
     assert info["seed"] == 7 and "torch" in info["versions"]
     metrics = json.loads((run / "metrics.json").read_text())
+    assert printed["metrics"] == metrics and printed["train"] == json.loads((run / "train_summary.json").read_text())
     for variant in ("no_rerank", "rerank"):
         for direction in ("forward", "backward", "both"):
             assert set(metrics[variant][direction]) == {"mr", "mrr", "hits@1", "hits@3", "hits@10"}
@@ -41,8 +45,11 @@ def test_train_evaluate_distill(tiny_plm, tiny_kg, tmp_path, cache_dir, capsys, 
     assert (run / "checkpoint-last" / "model.safetensors").read_bytes() == before
 
     student = tmp_path / "student"
+    capsys.readouterr()
     assert main(["distill", "--teacher", str(run), "--layers", "2", "--mask-rate", "0.1", "--output-dir", str(student),
                  "--dataset", str(tiny_kg), "distill.stage_steps=2", "distill.mgfd=pooled", *COMMON]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("trained 2 steps in ") and "no_rerank both" in out  # the result's table()
     assert "layers [1, 3] (of 4)" in caplog.text  # logged (to stderr); stdout holds the results table
     model = json.loads((student / "checkpoint-last" / "model.json").read_text())
     assert model["num_layers"] == 2 and model["info"]["mask_rate"] == 0.1

@@ -49,13 +49,12 @@ def test_intermixed_overrides_reach_the_run(tiny_plm, tiny_kg, tmp_path, cache_d
 @pytest.fixture()
 def no_model_loads(monkeypatch):
     """Any model load fails the test: the error must come before."""
-    import kgdistill.distill.ladder  # noqa: F401  (imported now, it binds the real functions, not the patches)
-
     def boom(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr("kgdistill.api.build_model", boom)
-    monkeypatch.setattr("kgdistill.api.load_model", boom)
+    for name in ("jobs.train.build_model", "jobs.evaluate.load_model", "distill.ladder.build_model",
+                 "distill.ladder.load_model"):  # every job that builds or loads one
+        monkeypatch.setattr(f"kgdistill.{name}", boom)
     monkeypatch.setattr("kgdistill.models.biencoder.BiEncoder.load", boom)
     monkeypatch.setattr("kgdistill.inference.predictor.Predictor.from_pretrained", boom)
 

@@ -2,7 +2,8 @@
 import numpy as np
 
 from kgdistill.data.batching import KnownTails, TrainBatch
-from kgdistill.data.dataset import KnowledgeGraph, load_dataset
+from kgdistill.data.dataset import KnowledgeGraph
+from kgdistill.data.loading import load_dataset
 from kgdistill.data.text import TextBuilder, join_name_description, with_inverses
 from kgdistill.losses.contrastive import build_masks
 

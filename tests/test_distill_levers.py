@@ -114,7 +114,7 @@ def test_distill_inherits_the_teachers_dataset_and_text_settings(tiny_config, ti
     out = distill(student_config, tmp_path / "t", tmp_path / "s", layers=2, progress=False)
     saved = (tmp_path / "s/config.yaml").read_text()
     assert teacher_config.data.dataset in saved and "max_tokens: 20" in saved
-    assert out["metrics"]["num_entities"] == 24  # the tiny KG, not WN18RR's 40,943
+    assert out.metrics["num_entities"] == 24  # the tiny KG, not WN18RR's 40,943
 
 
 @pytest.mark.parametrize("overrides", [
@@ -131,7 +131,7 @@ def test_each_lever_trains_and_evaluates(tiny_config, tmp_path, overrides):
     train(tiny_config(), tmp_path / "t", evaluate_after=False, progress=False)
     config = tiny_config(model__init_from="teacher", **overrides)
     out = distill(config, tmp_path / "t", tmp_path / "s", layers=2, mask_rate=0.2, progress=False)
-    assert 0 < out["metrics"]["no_rerank"]["both"]["mrr"] <= 1
+    assert 0 < out.metrics["no_rerank"]["both"]["mrr"] <= 1
     logs = [json.loads(line) for line in (tmp_path / "s/train_log.jsonl").read_text().splitlines()]
     steps = [r for r in logs if "l_ce" in r]
     assert steps and all(np.isfinite(r["loss"]) for r in steps)
@@ -201,7 +201,7 @@ def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
 
 def test_every_pipeline_grade_gets_a_model_card_matching_its_metrics(tiny_config, tmp_path):
     from kgdistill.distill.ladder import pipeline
-    from kgdistill.inference.model_card import front_matter
+    from kgdistill.jobs.model_card import front_matter
 
     config = tiny_config(train__max_steps=2, distill__stage_steps=2, distill__grades=[{"layers": 2, "mask_rate": 0.0}])
     pipeline(config, tmp_path / "p", progress=False)

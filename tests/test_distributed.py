@@ -10,6 +10,8 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+pytestmark = pytest.mark.slow  # two processes: ten seconds each
+
 GLOBAL = 8
 
 

@@ -5,7 +5,7 @@ import torch
 
 from kgdistill.data.dataset import KnowledgeGraph
 from kgdistill.evaluation.metrics import rank_metrics
-from kgdistill.evaluation.ranking import NeighborhoodReranker, ranks_from_scores
+from kgdistill.evaluation.ranks import NeighborhoodReranker, ranks_from_scores
 
 
 def test_rank_metrics_hand_computed():

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from kgdistill.cli import main
-from kgdistill.data.dataset import SPLITS, load_dataset
-from kgdistill.data.formats import convert_dataset, detect_format
+from kgdistill.data.dataset import SPLITS
+from kgdistill.data.formats import detect_format
+from kgdistill.data.loading import convert_dataset, load_dataset
 from kgdistill.data.text import TextBuilder
 from kgdistill.errors import DataError
 from test_malformed_inputs import TINY, assert_user_error

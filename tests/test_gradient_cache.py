@@ -39,7 +39,7 @@ def test_training_with_gradient_cache_runs_and_learns(tiny_config, tmp_path):
 
     outcome = train(tiny_config(train__gradient_cache_chunk=3, train__max_steps=4), tmp_path / "gc",
                     evaluate_after=False, progress=False)
-    assert outcome.train["steps"] == 4 and np.isfinite(outcome.train["final_loss"])
+    assert outcome.train.steps == 4 and np.isfinite(outcome.train.final_loss)
 
 
 def test_non_finite_loss_stops_with_last_checkpoint_intact(tiny_config, tmp_path, monkeypatch):
@@ -62,4 +62,26 @@ def test_non_finite_loss_stops_with_last_checkpoint_intact(tiny_config, tmp_path
     BiEncoder.load(tmp_path / "nan/checkpoint-last")  # the step-2 checkpoint is intact and verifies
     skipped = tiny_config(train__max_steps=6, train__skip_nonfinite=True)
     outcome = train(skipped, tmp_path / "skip", evaluate_after=False, progress=False)
-    assert outcome.train["skipped_batches"] == 1
+    assert outcome.train.skipped_batches == 1
+
+
+def test_an_objective_without_a_cached_step_refuses_the_key_instead_of_ignoring_it(tiny_config, tmp_path):
+    from kgdistill.api import DataContext, train
+    from kgdistill.distill.ladder import distill
+    from kgdistill.errors import KGDistillError
+    from kgdistill.models.plm import load_tokenizer, resolve_plm
+    from kgdistill.training.objectives import ContrastiveObjective
+    from kgdistill.training.trainer import Trainer
+
+    class NoCache(ContrastiveObjective):
+        cached_step = None
+
+    objective, _ = _objective(tiny_config)
+    config = tiny_config(train__gradient_cache_chunk=4)
+    examples = DataContext(config, load_tokenizer(resolve_plm(config.model.plm))).train_set()
+    with pytest.raises(KGDistillError, match="'train.gradient_cache_chunk': NoCache has no gradient-cache step"):
+        Trainer(tmp_path / "run", config, NoCache(objective.model, objective.loss), examples, None, None)
+    train(tiny_config(train__max_steps=2), tmp_path / "t", evaluate_after=False, progress=False)
+    with pytest.raises(KGDistillError, match="'train.gradient_cache_chunk': distillation has no gradient-cache step"):
+        distill(config, tmp_path / "t", tmp_path / "s", layers=2, progress=False)
+    assert not (tmp_path / "s").exists()  # refused before anything ran

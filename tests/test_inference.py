@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from kgdistill.api import DataContext, load_model, load_run_config, train
+from conftest import train_tiny
+from kgdistill.api import DataContext, load_model, load_run_config
 from kgdistill.cli import main
-from kgdistill.config import build_config
 from kgdistill.data.batching import pad_store_rows, tokenize
 from kgdistill.data.text import join_name_description
 from kgdistill.errors import KGDistillError
@@ -25,15 +25,7 @@ from kgdistill.inference.predictor import (AmbiguousEntityError, Predictor, Pred
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_plm, tiny_kg) -> Path:
     root = tmp_path_factory.mktemp("inference")
-    config = build_config(None, overrides={
-        "data": {"dataset": str(tiny_kg), "max_tokens": 24, "valid_limit": 16, "cache_dir": str(root / "cache")},
-        "model": {"plm": str(tiny_plm)},
-        "train": {"batch_size": 8, "lr": 1e-3, "max_steps": 6, "warmup_steps": 1, "checkpoint_every": 3,
-                  "log_every": 1, "precision": "fp32", "device": "cpu"},
-        "eval": {"batch_size": 16},
-    })
-    train(config, root / "run", evaluate_after=False, progress=False)
-    return root / "run"
+    return train_tiny(root / "run", tiny_kg, tiny_plm, data__cache_dir=str(root / "cache"), train__checkpoint_every=3)
 
 
 @pytest.fixture(scope="module")
@@ -255,11 +247,12 @@ def test_faiss_indexes_report_recall(predictor, kind):
 # ---------------------------------------------------------------------------------------------------- export
 def test_export_hf_gives_identical_scores(run_dir, predictor, tmp_path):
     out = tmp_path / "export"
-    report = export_model(run_dir, out, "hf")
+    result = export_model(run_dir, out, "hf")
     for name in ("model.safetensors", "model.json", "tokenizer", "manifest.json", "config.yaml", "export.json",
                  "index/entities.npy", "index/entities.json", f"data/{predictor.kg.name}/entities.tsv"):
         assert (out / name).exists(), name
-    assert report["export_format"] == "hf" and report["index"]["entities"] == predictor.kg.num_entities
+    assert result.meta["export_format"] == "hf" and result.meta["index"]["entities"] == predictor.kg.num_entities
+    assert result.to_dict() == {**json.loads((out / "export.json").read_text()), "output": str(out)}
     moved = tmp_path / "elsewhere" / "model"  # self-contained: works after a move, without the original dataset path
     moved.parent.mkdir()
     shutil.move(str(out), str(moved))
@@ -281,7 +274,7 @@ def test_export_onnx_and_int8(run_dir, predictor, tmp_path):
     pytest.importorskip("onnxruntime", reason="ONNX export needs onnx and onnxruntime")
     pytest.importorskip("onnx", reason="ONNX export needs onnx and onnxruntime")
     out = tmp_path / "onnx"
-    report = export_model(run_dir, out, "onnx", quantize="int8")
+    report = export_model(run_dir, out, "onnx", quantize="int8").meta
     assert max(report["onnx"]["max_abs_diff_vs_pytorch"].values()) < 1e-5
     assert max(report["onnx"]["int8_max_abs_diff_vs_pytorch"].values()) < 0.05
     assert max(report["int8_max_abs_diff_vs_fp32"].values()) < 0.05

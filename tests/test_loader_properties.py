@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from kgdistill.data.dataset import SPLITS, load_dataset, relation_id_to_text
+from kgdistill.data.dataset import SPLITS, relation_id_to_text
+from kgdistill.data.loading import load_dataset
 from kgdistill.data.text import join_name_description
 from kgdistill.errors import DataError
 

@@ -89,7 +89,7 @@ def test_pooled_mgfd_hand_computed():
 def test_generative_mgfd_uses_only_masked_positions_and_trains_head():
     torch.manual_seed(0)
     loss = GenerativeMGFDLoss(3, 2, hidden=4)
-    student = torch.randn(2, 5, 3)
+    student = torch.randn(2, 5, 3, requires_grad=True)
     teacher = torch.randn(2, 5, 2)
     positions = torch.zeros(2, 5, dtype=torch.bool)
     positions[0, 1] = positions[1, 3] = True
@@ -100,7 +100,11 @@ def test_generative_mgfd_uses_only_masked_positions_and_trains_head():
     teacher2[0, 0] += 100  # an unmasked position: no effect
     assert loss(student, teacher2, positions).item() == pytest.approx(value.item())
     value.backward()
-    assert loss.generator[0].weight.grad is not None
+    assert (student.grad[~positions] == 0).all() and (student.grad[positions].abs().sum(-1) > 0).all()
+    with torch.no_grad():  # one gradient step on the generation head lowers the loss: the head trains
+        for p in loss.parameters():
+            p -= 0.05 * p.grad
+    assert loss(student, teacher, positions).item() < value.item()
 
 
 def test_mask_tokens_rate_and_excluded_positions():

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import make_tiny_config
 from kgdistill.api import train
-from kgdistill.config import build_config
 from kgdistill.distill.ladder import distill
 from kgdistill.inference.export import export_model
-from kgdistill.inference.model_card import METRICS, _plm_licence, front_matter, write_model_card
+from kgdistill.jobs.model_card import METRICS, _plm_licence, front_matter, write_model_card
 from kgdistill.inference.predictor import Predictor
 
 
@@ -21,12 +21,8 @@ from kgdistill.inference.predictor import Predictor
 def runs(tmp_path_factory, tiny_plm, tiny_kg) -> dict[str, Path]:
     """A teacher evaluated on test, a 2-layer student distilled from it, and a run without evaluation."""
     root = tmp_path_factory.mktemp("cards")
-    config = build_config(None, overrides={
-        "data": {"dataset": str(tiny_kg), "max_tokens": 24, "valid_limit": 16, "cache_dir": str(root / "cache")},
-        "model": {"plm": str(tiny_plm)},
-        "train": {"batch_size": 8, "lr": 1e-3, "max_steps": 3, "warmup_steps": 1, "log_every": 1,
-                  "precision": "fp32", "device": "cpu"},
-        "eval": {"batch_size": 16}, "distill": {"stage_steps": 2}})
+    config = make_tiny_config(tiny_kg, tiny_plm, data__cache_dir=str(root / "cache"), train__max_steps=3,
+                              train__checkpoint_every=None, distill__stage_steps=2)
     train(config, root / "teacher", progress=False)
     distill(config, root / "teacher", root / "student", layers=2, mask_rate=0.1, progress=False)
     train(config, root / "plain", evaluate_after=False, progress=False)

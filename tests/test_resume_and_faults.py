@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_kg, make_tiny_plm
+from conftest import make_tiny_kg, make_tiny_plm, tiny_overrides
 from kgdistill.config import build_config, parse_overrides
 from kgdistill.errors import CheckpointError, KGDistillError
 from kgdistill.io import verify_manifest
@@ -31,9 +31,8 @@ from kgdistill.training.objectives import ContrastiveObjective
 from kgdistill.training.trainer import BEST, LAST, Trainer
 
 TOTAL_STEPS = 12  # the tiny KG has 84 training queries: 10 steps an epoch, so the run crosses an epoch boundary
-ARGS = ["data.max_tokens=24", "data.valid_limit=16", "train.batch_size=8", "train.lr=0.001",
-        f"train.max_steps={TOTAL_STEPS}", "train.warmup_steps=2", "train.checkpoint_every=1", "train.log_every=1",
-        "train.precision=fp32", "train.device=cpu", "train.num_threads=1", "eval.batch_size=16"]
+ARGS = tiny_overrides(train__max_steps=TOTAL_STEPS, train__warmup_steps=2, train__checkpoint_every=1,
+                      train__num_threads=1, distill__stage_steps=None)
 VARIANTS = {"default": [], "pre-batch": ["loss.pre_batch=2"],  # pre-batch: a negative queue in the objective state
             "bucketing": ["train.length_bucketing=true", "train.bucket_pool=3"]}  # batch order from lengths
 
@@ -109,8 +108,8 @@ def assert_same_run(expected: Path, got: Path, optimizer_state: bool = True) -> 
     pytest.param("default", 1, 5, "after-save", id="after-checkpoint-5"),
     pytest.param("default", 4, 6, "mid-step", id="mid-step-7-last-checkpoint-4"),
     pytest.param("default", 3, 10, "mid-step", id="after-epoch-boundary-and-validation"),
-    pytest.param("pre-batch", 2, 7, "mid-step", id="pre-batch-queue"),
-    pytest.param("bucketing", 3, 10, "mid-step", id="length-bucketing-after-epoch-boundary"),
+    pytest.param("pre-batch", 2, 7, "mid-step", id="pre-batch-queue", marks=pytest.mark.slow),  # own baselines
+    pytest.param("bucketing", 3, 10, "mid-step", id="length-bucketing-after-epoch-boundary", marks=pytest.mark.slow),
 ])
 def test_interrupted_run_resumes_to_identical_weights(variant, checkpoint_every, crash_step, where, env, baseline):
     """``crash_step``: after-save -> right after the checkpoint of step ``crash_step``; mid-step -> inside the forward
@@ -146,11 +145,11 @@ def test_interrupted_run_resumes_to_identical_weights(variant, checkpoint_every,
     assert saved["step"] == expected_step
     assert not (run / "metrics.json").exists()
 
-    with pytest.raises(KGDistillError, match="--resume"):  # an existing run is never overwritten by accident
+    with pytest.raises(KGDistillError, match="resume=True"):  # an existing run is never overwritten by accident
         train(config, run, progress=False)
     outcome = train(make_config(env, variant, f"train.checkpoint_every={checkpoint_every}"), run, resume=True,
                     progress=False)
-    assert outcome.train["steps"] == TOTAL_STEPS
+    assert outcome.train.steps == TOTAL_STEPS
     assert_same_run(expected, run)
 
 
@@ -188,6 +187,7 @@ def _checkpoint_on_disk_is_sound(run: Path) -> int:
     return json.loads((folder / "trainer_state" / "state.json").read_text(encoding="utf-8"))["progress"]["step"]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(env, baseline, tmp_path):
     expected = baseline("default")
     run = tmp_path / "killed"
@@ -246,6 +246,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(env, bas
 
 
 # ---------------------------------------------------------------------------------------------------- (c) pipeline
+@pytest.mark.slow
 def test_pipeline_killed_mid_stage_resumes_that_stage_and_redoes_no_finished_one(env, tmp_path):
     """SIGKILL `kgdistill pipeline` while grade 1 trains; the rerun keeps the teacher and pre-distilled stages as they
     are (same files), resumes grade 1 from its checkpoint and ends equal to an uninterrupted pipeline."""

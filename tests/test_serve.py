@@ -18,8 +18,7 @@ pytest.importorskip("httpx", reason="fastapi.testclient needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from kgdistill.api import train  # noqa: E402
-from kgdistill.config import build_config  # noqa: E402
+from conftest import train_tiny  # noqa: E402
 from kgdistill.inference.batching import MicroBatcher  # noqa: E402
 from kgdistill.inference.predictor import Predictor, ResolvedQuery  # noqa: E402
 from kgdistill.inference.server import create_app  # noqa: E402
@@ -41,13 +40,8 @@ sys.addaudithook(_audit)
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory, tiny_plm, tiny_kg) -> Predictor:
     root = tmp_path_factory.mktemp("serve")
-    config = build_config(None, overrides={
-        "data": {"dataset": str(tiny_kg), "max_tokens": 24, "valid_limit": 16, "cache_dir": str(root / "cache")},
-        "model": {"plm": str(tiny_plm)},
-        "train": {"batch_size": 8, "lr": 1e-3, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 4,
-                  "log_every": 1, "precision": "fp32", "device": "cpu"},
-    })
-    train(config, root / "run", evaluate_after=False, progress=False)
+    train_tiny(root / "run", tiny_kg, tiny_plm, data__cache_dir=str(root / "cache"), train__max_steps=4,
+               train__checkpoint_every=4)
     predictor = Predictor.from_pretrained(root / "run", device="cpu")
     # a second entity named like E1, so that the name is ambiguous
     predictor.add_entities([{"id": "NEW-1", "name": predictor.kg.entity_names[1], "description": "a newcomer"}])
@@ -321,6 +315,7 @@ def test_deadline_answers_503_and_drops_queued_work(gated):
 
 
 # ---------------------------------------------------------------------------------------------------- fuzz
+@pytest.mark.slow
 def test_schema_fuzz_never_5xx(app):
     schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is optional (pip install schemathesis)")
     from hypothesis import HealthCheck, given, settings
@@ -348,6 +343,7 @@ def test_schema_fuzz_never_5xx(app):
 
 
 # ---------------------------------------------------------------------------------------------------- load test script
+@pytest.mark.slow
 def test_serve_load_script_end_to_end(predictor, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server's torch threads, as conftest sets this process's
     spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).parents[1] / "bench" / "serve_load.py")

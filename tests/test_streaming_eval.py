@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kgdistill.data.dataset import KnowledgeGraph
-from kgdistill.evaluation.ranking import NeighborhoodReranker, rank_in_memory
+from kgdistill.evaluation.ranks import NeighborhoodReranker, rank_in_memory
 from kgdistill.evaluation.streaming import EntityShards, EntityStoreError, rank_streaming, write_entity_shards
 
 N, DIM, QUERIES = 40, 6, 17
@@ -167,7 +167,7 @@ def test_bench_synthetic_streaming_runs_small_and_cleans_up(tmp_path, capsys):
     from kgdistill.cli import main
 
     assert main(["bench", "--synthetic-entities", "3000", "--synthetic-queries", "40", "--shard-size", "700",
-                 "--query-chunk", "16", "--shards-dir", str(tmp_path), "--json"]) == 0
+                 "--query-chunk", "16", "--shards-dir", str(tmp_path)]) == 0
     results = json.loads(capsys.readouterr().out)
     assert results["shards"] == 5 and results["disk_gb"] > 3000 * 384 * 2 / 1e9
     assert 800 < results["mean_rank"] < 2200  # random gold among 3000 entities

@@ -151,6 +151,7 @@ def _checkpoint(run_dir) -> dict[str, dict[str, torch.Tensor]]:
     return {p.relative_to(folder).as_posix(): load_file(str(p)) for p in sorted(folder.rglob("*.safetensors"))}
 
 
+@pytest.mark.slow
 def test_compiled_training_saves_the_same_checkpoint_layout_and_resumes(tiny_config, tmp_path):
     _compile_or_skip()
     plm = str(make_tiny_plm(tmp_path / "plm", layers=1))  # compile time grows with depth

@@ -1,30 +1,66 @@
 """kgdistill: text-based knowledge graph completion (SimKGC) made small and fast by progressive distillation (PMD).
 
-Public API (imports are lazy, so ``import kgdistill`` stays cheap and runs nothing):
-``train``, ``evaluate``, ``distill``, ``pipeline``, ``load_dataset``, ``build_config``, ``Predictor``.
+Public API (imports are lazy, so ``import kgdistill`` stays cheap and runs nothing): the jobs ``train``,
+``evaluate``, ``distill``, ``pipeline`` and ``export_model``, each returning a typed result (``TrainOutcome``,
+``EvaluationResult``, ``Report``, ``ExportResult``: ``to_dict()``, ``table()``, ``save(folder)``); ``Predictor``
+and ``serve`` to use a trained model; ``load_dataset``, ``load_model``, ``build_config``, ``RunConfig``; and
+``KGDistillError``, the base of every error caused by user input.
 """
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._version import __version__
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name is imported on first use
+    from .config import RunConfig, build_config
+    from .data.loading import load_dataset
+    from .distill.ladder import distill, pipeline
+    from .distill.report import Report
+    from .errors import KGDistillError
+    from .evaluation.ranking import EvaluationResult
+    from .inference.export import ExportResult, export_model
+    from .inference.predictor import Prediction, Predictor
+    from .inference.server import serve
+    from .jobs.evaluate import evaluate
+    from .jobs.saved import load_model
+    from .jobs.train import TrainOutcome, train
+    from .results import Result
 
 _EXPORTS = {
-    "train": ("kgdistill.api", "train"),
-    "evaluate": ("kgdistill.api", "evaluate"),
-    "load_model": ("kgdistill.api", "load_model"),
-    "distill": ("kgdistill.distill.ladder", "distill"),
-    "pipeline": ("kgdistill.distill.ladder", "pipeline"),
-    "load_dataset": ("kgdistill.data.dataset", "load_dataset"),
-    "build_config": ("kgdistill.config", "build_config"),
-    "RunConfig": ("kgdistill.config", "RunConfig"),
-    "Predictor": ("kgdistill.inference.predictor", "Predictor"),
+    "train": "kgdistill.jobs.train",
+    "evaluate": "kgdistill.jobs.evaluate",
+    "TrainOutcome": "kgdistill.jobs.train",
+    "load_model": "kgdistill.jobs.saved",
+    "distill": "kgdistill.distill.ladder",
+    "pipeline": "kgdistill.distill.ladder",
+    "Report": "kgdistill.distill.report",
+    "EvaluationResult": "kgdistill.evaluation.ranking",
+    "export_model": "kgdistill.inference.export",
+    "ExportResult": "kgdistill.inference.export",
+    "Predictor": "kgdistill.inference.predictor",
+    "Prediction": "kgdistill.inference.predictor",
+    "serve": "kgdistill.inference.server",
+    "load_dataset": "kgdistill.data.loading",
+    "build_config": "kgdistill.config",
+    "RunConfig": "kgdistill.config",
+    "Result": "kgdistill.results",
+    "KGDistillError": "kgdistill.errors",
 }
 
+__all__ = ["EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report", "Result",
+           "RunConfig", "TrainOutcome", "__version__", "build_config", "distill", "evaluate", "export_model",
+           "load_dataset", "load_model", "pipeline", "serve", "train"]
 
-def __getattr__(name):
+
+def __getattr__(name: str):
     if name in _EXPORTS:
         import importlib
 
-        module, attr = _EXPORTS[name]
-        return getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'kgdistill' has no attribute {name!r}")
 
 
-__all__ = list(_EXPORTS)
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+

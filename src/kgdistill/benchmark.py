@@ -22,6 +22,7 @@ import torch
 
 from .config import build_config
 from .runtime import autocast
+from .training.objectives import ContrastiveObjective
 
 
 def _median_time(fn, repeats: int, warmup: int = 1) -> float:
@@ -36,6 +37,7 @@ def _median_time(fn, repeats: int, warmup: int = 1) -> float:
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n matmul in ``dtype`` (median of ``repeats``): this machine's practical peak."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     seconds = _median_time(lambda: a @ b, repeats)
     return 2 * n**3 / seconds / 1e9
@@ -48,6 +50,7 @@ def encoder_flops(config, tokens: int) -> float:
 
 
 def encode_rate(encoder, batch: int, tokens: int, precision: str, repeats: int) -> float:
+    """Sequences per second of the encoder's forward pass on random ``batch x tokens`` ids under ``precision``."""
     ids = torch.randint(1000, 20000, (batch, tokens))
     mask = torch.ones_like(ids)
     encoder.eval()
@@ -67,40 +70,34 @@ def sequence_flops(config, attention_mask: torch.Tensor) -> float:
 def train_rate(config, batch_size: int, precision: str, repeats: int, layers: int | None = None, data=None,
                fused: bool = False, warmup: int = 1, times: list[float] | None = None,
                flops: list[float] | None = None) -> float:
-    """Samples/s of full teacher (or student) steps on real WN18RR batches, drawn and encoded as the trainer does
+    """Samples/s of full teacher (or student) steps on real WN18RR batches on the CPU: the trainer's own step
+    (:meth:`~kgdistill.training.trainer.Trainer.train_step`) on batches drawn as it draws them
     (``train.length_bucketing``, ``train.compile`` and ``loss.self_negative`` apply).
 
     ``data``: a DataContext of the same tokenizer, reused across calls; ``fused``: fused AdamW instead of foreach;
     ``times``: receives every step's seconds, the ``warmup`` steps first (where compilation shows);
     ``flops``: receives every step's training FLOPs over real tokens (forward + backward = 3 forward passes of each
     encoded sequence: query, tail and, with self-negatives, head)."""
-    from .api import DataContext, build_model
-    from .data.batching import BatchOrder
+    from .jobs.context import DataContext
     from .losses.contrastive import InfoNCELoss
-    from .training.objectives import ContrastiveObjective
-    from .training.trainer import compile_encoders
+    from .models.builder import build_model
+    from .training.trainer import Trainer
 
-    config.train.batch_size, config.train.precision = batch_size, precision
+    config.train.batch_size, config.train.precision, config.train.device = batch_size, precision, "cpu"
     config.model.num_layers = layers
     model, tokenizer = build_model(config)
     data = data or DataContext(config, tokenizer)
-    objective = ContrastiveObjective(model, InfoNCELoss(model, config.loss, data.known_train, batch_size)).train()
-    if config.train.compile:
-        compile_encoders(objective)
-    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-5,
-                                  **({"fused": True} if fused else {"foreach": True}))
+    objective = ContrastiveObjective(model, InfoNCELoss(model, config.loss, data.known_train, batch_size))
     examples = data.train_set()
-    order = BatchOrder.for_training(examples, config.train, config.seed)
-    steps = itertools.count()
+    trainer = Trainer(tempfile.gettempdir(), config, objective, examples, None, tokenizer, progress=False,
+                      fused_optimizer=fused)  # train_step writes nothing to its run folder
+    objective.train()
+    order, steps = trainer.order, itertools.count()
 
     def step():
         t0 = time.perf_counter()
         batch = examples.batch(order.rows(next(steps)), with_heads=objective.needs_heads)
-        with autocast(torch.device("cpu"), precision):
-            loss, _ = objective(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        trainer.train_step(batch)
         if times is not None:
             times.append(time.perf_counter() - t0)
         if flops is not None:
@@ -113,10 +110,12 @@ def train_rate(config, batch_size: int, precision: str, repeats: int, layers: in
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine_info() -> dict:
+    """Platform, torch version, threads and the CPU facts that decide the precision."""
     from .runtime import cpu_info
 
     cpu = cpu_info()
@@ -152,7 +151,7 @@ def run(quick: bool = False, model_dir: str | None = None, repeats: int = 3) -> 
     student_rate = encode_rate(student, batch, tokens, auto["chosen"], repeats)
     results["student_encode_speedup"] = student_rate / results[f"encode_seq_per_s_{auto['chosen']}"]
     config = build_config("quick")
-    from .api import DataContext
+    from .jobs.context import DataContext
     from .models.plm import load_tokenizer
 
     data = DataContext(config, load_tokenizer(resolve_plm("default")))
@@ -186,7 +185,9 @@ def run(quick: bool = False, model_dir: str | None = None, repeats: int = 3) -> 
 def evaluation_split(model_dir: str | None, encode_rate: float, max_queries: int | None = None) -> dict:
     """WN18RR test evaluation (all entities; the first ``max_queries`` test triples, default all): time encoding vs
     ranking, against an encode-only bound at the measured encoding rate."""
-    from .api import DataContext, build_model, load_model
+    from .jobs.context import DataContext
+    from .jobs.saved import load_model
+    from .models.builder import build_model
 
     config = build_config("quick")
     config.eval.max_queries = max_queries
@@ -219,7 +220,7 @@ def synthetic_streaming(entities: int, queries: int = 2000, shards_dir: str | No
 
     from .data.batching import KnownTails
     from .evaluation.metrics import rank_metrics
-    from .evaluation.ranking import known_answer_pairs
+    from .evaluation.ranks import known_answer_pairs
     from .evaluation.streaming import rank_streaming, write_entity_shards
 
     generator = torch.Generator().manual_seed(seed)
@@ -272,6 +273,7 @@ def synthetic_streaming(entities: int, queries: int = 2000, shards_dir: str | No
 
 
 def append_markdown(results: dict, path: Path, command: str) -> None:
+    """Append ``results`` to a Markdown file as a dated JSON block headed by the command that produced them."""
     lines = [f"\n### bench run {time.strftime('%Y-%m-%d %H:%M')} — `{command}`\n",
              f"machine: {results['machine']}\n", "```json", json.dumps(results, indent=1), "```\n"]
     with open(path, "a", encoding="utf-8") as handle:

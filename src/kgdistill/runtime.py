@@ -24,7 +24,14 @@ log = logging.getLogger("kgdistill")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def set_threads(count: int | None) -> None:
+    """Use ``count`` CPU threads for torch's own work (``train.num_threads``); None or 0 leaves torch's choice."""
+    if count:
+        torch.set_num_threads(count)
+
+
 def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an unavailable cuda is an error naming ``train.device``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,16 @@ class TokenStore:
         return len(self.offsets) - 1
 
     def get(self, i: int) -> np.ndarray:
+        """The token ids of sequence ``i``."""
         return self.flat[self.offsets[i]:self.offsets[i + 1]]
 
     def lengths(self) -> np.ndarray:
+        """Every sequence's length, in tokens."""
         return np.diff(self.offsets)
 
     @classmethod
     def from_lists(cls, seqs: list[list[int]]) -> "TokenStore":
+        """A store from lists of token ids."""
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
@@ -45,6 +49,13 @@ def tokenize(tokenizer, first: list[str], second: list[str] | None, max_tokens: 
         b = None if second is None else second[start:start + batch]
         seqs.extend(tokenizer(a, b, truncation=True, max_length=max_tokens, add_special_tokens=True)["input_ids"])
     return TokenStore.from_lists(seqs)
+
+
+def tokenizer_key(tokenizer) -> str:
+    """Content hash of a tokenizer, so that token caches are shared by every model with the same vocabulary."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    text = json.dumps([type(tokenizer).__name__, getattr(tokenizer, "do_lower_case", None), vocab])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _cache_dir(cache_dir: str | None) -> Path:
@@ -81,9 +92,11 @@ class Tokenized:
         return store
 
     def single(self, name: str, texts: list[str]) -> TokenStore:
+        """Token ids of ``texts`` alone (entity texts), cached under ``name``."""
         return self._cached(name, texts, lambda: tokenize(self.tokenizer, texts, None, self.max_tokens))
 
     def pairs(self, name: str, first: list[str], second: list[str]) -> TokenStore:
+        """Token ids of ``(first, second)`` text pairs (head text, relation), cached under ``name``."""
         return self._cached(name, [*first, "\x1e", *second],
                             lambda: tokenize(self.tokenizer, first, second, self.max_tokens))
 
@@ -97,6 +110,7 @@ class EncoderBatch:
     token_type_ids: torch.Tensor | None = None
 
     def to(self, device) -> "EncoderBatch":
+        """The batch on ``device``."""
         return EncoderBatch(self.input_ids.to(device), self.attention_mask.to(device),
                             None if self.token_type_ids is None else self.token_type_ids.to(device))
 
@@ -104,6 +118,7 @@ class EncoderBatch:
         return self.input_ids.shape[0]
 
     def slice(self, start: int, stop: int) -> "EncoderBatch":
+        """Rows ``start:stop`` of the batch."""
         tt = None if self.token_type_ids is None else self.token_type_ids[start:stop]
         return EncoderBatch(self.input_ids[start:stop], self.attention_mask[start:stop], tt)
 
@@ -141,6 +156,7 @@ class KnownTails:
         self.keys = np.unique(keys)
 
     def query_key(self, heads: np.ndarray, relations: np.ndarray) -> np.ndarray:
+        """One integer per query ``(head, relation)``, inverse relations included."""
         return np.asarray(heads, dtype=np.int64) * (2 * self.num_relations) + np.asarray(relations, dtype=np.int64)
 
     def contains(self, heads: np.ndarray, relations: np.ndarray, tails: np.ndarray) -> np.ndarray:
@@ -151,6 +167,7 @@ class KnownTails:
         return self.keys[pos] == keys
 
     def tails_of(self, head: int, relation: int) -> np.ndarray:
+        """The known answers of one query, sorted."""
         base = int(self.query_key(np.array(head), np.array(relation))) * self.num_entities
         lo, hi = np.searchsorted(self.keys, [base, base + self.num_entities])
         return self.keys[lo:hi] - base
@@ -168,6 +185,7 @@ class TrainBatch:
     tails: np.ndarray
 
     def to(self, device) -> "TrainBatch":
+        """The batch's token tensors on ``device`` (entity ids stay NumPy arrays)."""
         return TrainBatch(self.hr.to(device), self.tail.to(device), None if self.head is None else self.head.to(device),
                           self.heads, self.relations, self.tails)
 
@@ -228,15 +246,13 @@ class ExampleSet:
         return pad([store.get(int(i)) for i in rows], self.pad_id, self.tokenized.uses_token_types, self.sep_id)
 
     def batch(self, rows: np.ndarray, with_heads: bool = True) -> TrainBatch:
+        """The padded training batch of ``rows``; the head-alone text only with ``with_heads`` (self-negatives)."""
         q = self.queries[rows]
         return TrainBatch(
             hr=self._pad(self.hr_tokens, self.hr_index[rows]),
             tail=self._pad(self.entity_tokens, self.tail_index[rows]),
             head=self._pad(self.entity_tokens, self.head_index[rows]) if with_heads else None,
             heads=q[:, 0], relations=q[:, 1], tails=q[:, 2])
-
-    def query_batch(self, rows: np.ndarray) -> EncoderBatch:
-        return self._pad(self.hr_tokens, self.hr_index[rows])
 
 
 class BatchOrder:
@@ -283,6 +299,7 @@ class BatchOrder:
         return self._epoch[1]
 
     def rows(self, step: int) -> np.ndarray:
+        """The example rows of global step ``step``."""
         epoch, index = divmod(step, self.steps_per_epoch)
         return self.epoch(epoch)[index]
 
@@ -294,6 +311,7 @@ def entity_token_store(texts: TextBuilder, tokenized: Tokenized, name: str) -> T
 
 
 def pad_store_rows(store: TokenStore, rows: np.ndarray, tokenized: Tokenized) -> EncoderBatch:
+    """Rows of a token store padded into one encoder batch with the tokenizer's pad and separator ids."""
     tok = tokenized.tokenizer
     return pad([store.get(int(i)) for i in rows], tok.pad_token_id if tok.pad_token_id is not None else 0,
                tokenized.uses_token_types, tok.sep_token_id)

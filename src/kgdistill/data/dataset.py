@@ -1,5 +1,5 @@
-"""Knowledge graphs: the bundled WN18RR and FB15k-237, and any folder in the documented format (or in the SimKGC or
-KG-BERT layout, read by :mod:`kgdistill.data.formats`).
+"""Knowledge graphs and the documented folder format (the SimKGC and KG-BERT layouts are in
+:mod:`kgdistill.data.formats`; :func:`kgdistill.data.loading.load_dataset` loads any of them, or a bundled graph).
 
 Folder format (UTF-8; a BOM and CRLF line endings are accepted):
 - ``train.txt``, ``valid.txt``, ``test.txt``: ``head<TAB>relation<TAB>tail`` (ids), one triple a line;
@@ -11,11 +11,7 @@ Every malformed line raises :class:`DataError` naming the file and line.
 from __future__ import annotations
 
 import hashlib
-import io
-import lzma
-import tarfile
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +19,6 @@ import numpy as np
 from ..errors import DataError
 
 SPLITS = ("train", "valid", "test")
-BUNDLED = {"wn18rr": "wn18rr.tar.xz", "fb15k-237": "fb15k-237.tar.xz"}
-ALIASES = {"wn18rr": "wn18rr", "fb15k-237": "fb15k-237", "fb15k237": "fb15k-237", "fb15k_237": "fb15k-237"}
 MAX_FIELD_CHARS = 100_000
 
 
@@ -50,13 +44,16 @@ class KnowledgeGraph:
 
     @property
     def num_entities(self) -> int:
+        """Number of entities."""
         return len(self.entity_ids)
 
     @property
     def num_relations(self) -> int:
+        """Number of (forward) relations; inverse ones are offset by this."""
         return len(self.relation_ids)
 
     def summary(self) -> str:
+        """One line: name, entity, relation and triple counts per split."""
         counts = " / ".join(f"{len(self.splits[s]):,}" for s in SPLITS)
         return (f"{self.name}: {self.num_entities:,} entities, {self.num_relations} relations, "
                 f"triples train/valid/test {counts}")
@@ -95,6 +92,7 @@ def decode_lines(raw: bytes, filename: str) -> list[str]:
 
 
 def fields(line: str, filename: str, lineno: int, expected: int) -> list[str]:
+    """The ``expected`` TAB-separated fields of one line, or a :class:`DataError` naming the file and line."""
     parts = line.split("\t")
     if len(parts) != expected:
         raise DataError(f"{filename}:{lineno}: expected {expected} tab-separated columns, found {len(parts)}")
@@ -106,6 +104,7 @@ def fields(line: str, filename: str, lineno: int, expected: int) -> list[str]:
 
 
 def parse_entities(raw: bytes, filename: str) -> tuple[list[str], list[str], list[str]]:
+    """Ids, names and descriptions of an ``entities.tsv`` (header ``id, name, description``)."""
     lines = decode_lines(raw, filename)
     if not lines:
         raise DataError(f"{filename}: empty file (expected a header 'id<TAB>name<TAB>description')")
@@ -135,6 +134,7 @@ def parse_entities(raw: bytes, filename: str) -> tuple[list[str], list[str], lis
 
 
 def parse_relations(raw: bytes, filename: str) -> dict[str, str]:
+    """Relation id -> text of a ``relations.tsv`` (header ``id, text``), in file order."""
     lines = decode_lines(raw, filename)
     if not lines or [h.strip().lower() for h in lines[0].split("\t")[:2]] not in (["id", "text"], ["relation", "text"]):
         raise DataError(f"{filename}:1: header must be 'id<TAB>text'")
@@ -214,6 +214,7 @@ def build_kgdistill(name: str, source: str, read: dict[str, bytes | None], finge
 
 
 def read_bytes(path: Path) -> bytes:
+    """A file's bytes; an unreadable file is a :class:`DataError` naming it."""
     try:
         return path.read_bytes()
     except OSError as exc:  # permission denied, I/O error: a user error naming the file, not a traceback
@@ -221,6 +222,7 @@ def read_bytes(path: Path) -> bytes:
 
 
 def read_kgdistill(folder: Path) -> dict[str, bytes | None]:
+    """The files of a folder in our format, by name (``relations.tsv`` None when absent)."""
     read: dict[str, bytes | None] = {}
     for filename in ("entities.tsv", *(f"{s}.txt" for s in SPLITS)):
         path = folder / filename
@@ -232,51 +234,3 @@ def read_kgdistill(folder: Path) -> dict[str, bytes | None]:
     relations = folder / "relations.tsv"
     read["relations.tsv"] = read_bytes(relations) if relations.is_file() else None
     return read
-
-
-def _read_bundled(archive_name: str) -> dict[str, bytes | None]:
-    blob = resources.files("kgdistill.datasets").joinpath(archive_name).read_bytes()
-    read: dict[str, bytes | None] = {"relations.tsv": None}
-    with tarfile.open(fileobj=io.BytesIO(lzma.decompress(blob)), mode="r:") as tar:
-        for member in tar.getmembers():
-            if member.isfile():
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    read[Path(member.name).name] = handle.read()
-    return read
-
-
-_LOADED: dict[tuple[str, str, str], KnowledgeGraph] = {}
-
-
-def load_dataset(name_or_path: str, format: str = "auto") -> KnowledgeGraph:
-    """Load a bundled dataset by name (``wn18rr``, ``fb15k-237``) or a folder in our format, SimKGC's or KG-BERT's
-    (``format`` auto: recognised by its files).
-
-    The graph loaded last is kept: a second load of identical files (same layout, path and bytes) returns it, so
-    that checking a dataset before a model loads and then using it costs one parse.
-    """
-    from .formats import FORMATS, LAYOUTS, detect_format
-
-    if format not in FORMATS:
-        raise DataError(f"data.format '{format}': expected one of {', '.join(FORMATS)}")
-    key = ALIASES.get(str(name_or_path).lower())
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        layout = detect_format(path) if format == "auto" else format
-        read_files, build = LAYOUTS[layout]
-        name, source, read = path.name, str(path), read_files(path)
-    elif key is not None:
-        if format not in ("auto", "kgdistill"):
-            raise DataError(f"data.format '{format}': '{name_or_path}' is a bundled dataset, in the kgdistill format")
-        layout, build = "kgdistill", build_kgdistill
-        name, source, read = key, key, _read_bundled(BUNDLED[key])
-    else:
-        raise DataError(f"dataset '{name_or_path}': neither a bundled dataset ({', '.join(BUNDLED)}) nor a folder")
-    fingerprint = digest_files(read)
-    memo = (layout, source, fingerprint)
-    if memo not in _LOADED:
-        kg = build(name, source, read, fingerprint)
-        _LOADED.clear()
-        _LOADED[memo] = kg
-    return _LOADED[memo]

@@ -1,5 +1,5 @@
 """The layouts other text-based KG completion projects ship their graphs in, read as they are, and our format
-written back (``kgdistill convert``).
+written back (:func:`kgdistill.data.loading.convert_dataset`, ``kgdistill convert``).
 
 SimKGC / PMD (what SimKGC's ``preprocess.py`` writes, Wikidata5M included; UTF-8 JSON, a BOM accepted):
 - ``entities.json``: a list of ``{"entity_id", "entity", "entity_desc"}``. The name is ``entity`` and the description
@@ -32,17 +32,15 @@ that order when it holds several; ``data.format`` names one instead. Every malfo
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
-from ..io import atomic_write_text, replace_dir
+from ..io import atomic_write_text
 from .dataset import (MAX_FIELD_CHARS, SPLITS, KnowledgeGraph, build_kgdistill, decode_lines, decode_text, fields,
-                      load_dataset, parse_triples, read_bytes, read_kgdistill)
+                      parse_triples, read_bytes, read_kgdistill)
 
 FORMATS = ("auto", "kgdistill", "simkgc", "kgbert")
 MARKERS = {"kgdistill": "entities.tsv", "simkgc": "entities.json", "kgbert": "entity2text.txt"}
@@ -63,6 +61,7 @@ def detect_format(folder: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------------- SimKGC
 def read_simkgc(folder: Path) -> dict[str, bytes | None]:
+    """The files of a folder in SimKGC's layout, by name."""
     read: dict[str, bytes | None] = {}
     for filename in SIMKGC_FILES:
         path = folder / filename
@@ -182,6 +181,7 @@ def _simkgc_triples(raw: bytes, filename: str, entity_index: dict[str, int], rel
 
 
 def build_simkgc(name: str, source: str, read: dict[str, bytes | None], fingerprint: str) -> KnowledgeGraph:
+    """The graph of a SimKGC folder, from its files' bytes."""
     ids, names, descriptions = _simkgc_entities(read["entities.json"], f"{source}/entities.json")
     entity_index = {e: i for i, e in enumerate(ids)}
     relations: list[str] = []
@@ -194,6 +194,7 @@ def build_simkgc(name: str, source: str, read: dict[str, bytes | None], fingerpr
 
 # ---------------------------------------------------------------------------------------------------- KG-BERT
 def read_kgbert(folder: Path) -> dict[str, bytes | None]:
+    """The files of a folder in KG-BERT's layout, by name (optional ones None when absent)."""
     read: dict[str, bytes | None] = {}
     for filename in KGBERT_FILES:
         path = folder / filename
@@ -254,6 +255,7 @@ def _kgbert_members(read: dict[str, bytes | None], source: str, texts_file: str,
 
 
 def build_kgbert(name: str, source: str, read: dict[str, bytes | None], fingerprint: str) -> KnowledgeGraph:
+    """The graph of a KG-BERT folder, from its files' bytes."""
     ids, names, entity_file = _kgbert_members(read, source, "entity2text.txt", "entities.txt", "entity")
     long = _id_texts(read["entity2textlong.txt"], f"{source}/entity2textlong.txt") \
         if read["entity2textlong.txt"] is not None else {}
@@ -287,24 +289,3 @@ def write_dataset(kg: KnowledgeGraph, folder: Path) -> None:
     for split in SPLITS:
         lines = "".join(f"{e[h]}\t{r[rel]}\t{e[t]}\n" for h, rel, t in kg.splits[split])
         atomic_write_text(folder / f"{split}.txt", lines)
-
-
-def convert_dataset(source: str | Path, output: str | Path, format: str = "auto") -> KnowledgeGraph:
-    """Write a dataset (any layout, or a bundled one) to a new folder in our format; returns the graph."""
-    output = Path(output)
-    path = Path(source).expanduser()
-    if path.is_dir() and output.resolve() == path.resolve():
-        raise DataError(f"--output {output}: is the dataset folder itself; choose another folder")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise DataError(f"--output {output}: exists and is not an empty folder; choose another folder")
-    kg = load_dataset(str(source), format)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    stage = output.parent / f".{output.name}.convert-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
-        write_dataset(kg, stage)
-        replace_dir(stage, output)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return kg

@@ -1,4 +1,4 @@
-"""Entity, relation and neighbour text as SimKGC builds it (method.md 1.2)."""
+"""Entity, relation and neighbour text as SimKGC builds it (docs/METHOD.md, "SimKGC teacher")."""
 from __future__ import annotations
 
 import numpy as np
@@ -45,6 +45,8 @@ class TextBuilder:
         return entity, -1
 
     def entity_text(self, entity: int, exclude: int = -1) -> str:
+        """An entity's text: ``name: description``, plus its training neighbours' names when the description is short;
+        ``exclude`` (a training example's own answer) is never among them."""
         name = self.kg.entity_names[entity]
         description = self.kg.entity_descriptions[entity]
         if self.use_neighbors and self.short[entity]:

@@ -1,5 +1,5 @@
 """PMD's progressive ladder: teacher -> pre-distillation (same depth) -> grades of fewer layers, each taught by the
-grade above (method.md 2.1-2.3). Every stage lives in its own folder; a finished stage is never redone and an
+grade above (docs/METHOD.md, "PMD"). Every stage lives in its own folder; a finished stage is never redone and an
 interrupted one resumes from its last checkpoint.
 """
 from __future__ import annotations
@@ -8,17 +8,27 @@ import copy
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api import DataContext, build_model, evaluate_in_run, load_model, load_run_config, tokenizer_key, train
 from ..config import DataConfig, GradeConfig, RunConfig
+from ..data.batching import tokenizer_key
 from ..errors import KGDistillError
-from ..inference.model_card import write_model_card
 from ..io import atomic_write_json
+from ..jobs.context import DataContext
+from ..jobs.evaluate import evaluate_in_run
+from ..jobs.model_card import write_model_card
+from ..jobs.saved import load_model, load_run_config
+from ..jobs.train import TrainOutcome, guard_output, train
 from ..losses.contrastive import InfoNCELoss
+from ..models.builder import build_model
+from ..models.plm import load_encoder, resolve_plm
+from ..training.callbacks import Callback, StepEnd
+from ..training.checkpoint import LAST
 from ..training.objectives import ContrastiveObjective
-from ..training.trainer import LAST, Trainer, write_run_info
+from ..training.trackers import make_trackers
+from ..training.trainer import Trainer, write_run_info
 from .objective import DistillationObjective
 from .report import Report, build_report
 
@@ -69,6 +79,14 @@ def inherit_teacher_data(config: RunConfig, teacher_dir: Path, teacher_info: dic
         config.data.dataset = dataset
 
 
+def check_gradient_cache(config: RunConfig) -> None:
+    """The distillation objective has no gradient-cache step: ``train.gradient_cache_chunk`` is refused before anything
+    runs (a control, trained by SimKGC's loss alone, takes it)."""
+    if config.train.gradient_cache_chunk is not None and config.distill.ablation != "direct":
+        raise KGDistillError("config key 'train.gradient_cache_chunk': distillation has no gradient-cache step; leave "
+                             "the key unset for distillation (only the teacher and direct controls support it)")
+
+
 def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_only: bool = False,
               entity_layers: int | None = None, direct: bool = False) -> float:
     """Encoder layer passes of one stage step relative to one teacher training step (three sequences a sample:
@@ -85,28 +103,30 @@ def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_
 
 def distill(config: RunConfig, teacher: str | Path, output_dir: str | Path, layers: int | None = None,
             mask_rate: float | None = None, resume: bool = False, steps: int | None = None, lr: float | None = None,
-            progress: bool = True, dataset: str | None = None, on_step=None) -> dict:
-    """Train one student from a trained teacher and evaluate it; returns ``{"run_dir", "train", "metrics"}``.
+            progress: bool = True, dataset: str | None = None, callbacks: list[Callback] | None = None,
+            tracker: str | None = None) -> TrainOutcome:
+    """Train one student from a trained teacher and evaluate it (``callbacks``, ``tracker``: as for ``train``).
 
     The student inherits the teacher's dataset and text settings unless ``dataset`` or a changed data key says
     otherwise (:func:`inherit_teacher_data`)."""
     run_dir = Path(output_dir)
-    if (run_dir / LAST).exists() and not resume:
-        raise KGDistillError(f"{run_dir}: already holds a run; pass --resume to continue it")
+    guard_output(run_dir, resume)
+    check_gradient_cache(config)
+    callbacks = [*make_trackers(tracker), *(callbacks or [])]
     teacher_model, teacher_tokenizer, teacher_dir = load_model(teacher)
     config = copy.deepcopy(config)
     config.model.plm = teacher_model.info.get("plm", config.model.plm)
     inherit_teacher_data(config, teacher_dir, teacher_model.info, dataset)
     layers = layers or teacher_model.num_layers
     if layers > teacher_model.num_layers:
-        raise KGDistillError(f"--layers {layers}: a student cannot be deeper than its {teacher_model.num_layers}-layer "
+        raise KGDistillError(f"layers {layers}: a student cannot be deeper than its {teacher_model.num_layers}-layer "
                              f"teacher ({teacher_dir})")
     config.model.num_layers = layers
     if config.model.layer_map is not None and len(config.model.layer_map) != layers:
         config.model.layer_map = None
     mask_rate = config.distill.pre_mask_rate if mask_rate is None else mask_rate
     if not 0 <= mask_rate < 1:
-        raise KGDistillError(f"--mask-rate {mask_rate}: must be in [0, 1)")
+        raise KGDistillError(f"mask_rate {mask_rate}: must be in [0, 1)")
     config, mask_rate = stage_config(config, mask_rate)
     direct = config.distill.ablation == "direct"
     if direct:
@@ -133,12 +153,11 @@ def distill(config: RunConfig, teacher: str | Path, output_dir: str | Path, laye
                                           tokenizer.mask_token_id)
     steps = steps or config.distill.stage_steps
     trainer = Trainer(run_dir, config, objective, data.train_set(), data.valid_set(), tokenizer,
-                      total_steps=steps, lr=lr, progress=progress, on_step=on_step)
+                      total_steps=steps, lr=lr, progress=progress, callbacks=callbacks)
     if resume:
         trainer.resume()
     result = trainer.train()
-    metrics = evaluate_in_run(run_dir, data, student, config, progress)
-    return {"run_dir": str(run_dir), "train": result.__dict__, "metrics": metrics}
+    return TrainOutcome(run_dir, result, evaluate_in_run(run_dir, data, student, config, progress))
 
 
 @dataclass
@@ -179,42 +198,46 @@ def plan(config: RunConfig, depth: int) -> list[Stage]:
     return stages
 
 
-class _Progress:
-    """Prints, a few steps into each stage, the ladder's estimated time left from the rate just measured."""
+class _StageEstimate(Callback):
+    """Logs, a few steps into a stage, the ladder's estimated time left from the rate just measured."""
 
-    def __init__(self, stages: list[Stage], default_steps: int):
-        self.stages, self.default_steps = stages, default_steps
+    def __init__(self, stages: list[Stage], index: int, default_steps: int):
+        self.stages, self.index, self.default_steps = stages, index, default_steps
+        self.start = time.perf_counter()
 
-    def callback(self, index: int):
-        stage = self.stages[index]
+    def on_train_begin(self, trainer) -> None:
+        self.start = time.perf_counter()
 
-        def on_step(done: int, left: int, seconds: float) -> None:
-            if done != min(5, done + left):
-                return
-            per_unit = seconds / done / stage.cost  # seconds per teacher-step equivalent
-            later = sum((s.steps or self.default_steps) * s.cost for s in self.stages[index + 1:])
-            remaining = left * seconds / done + later * per_unit
-            log.info("[%s] %.1f s/step; estimated time left for the ladder: %.0f min (training only, from this "
-                     "stage's rate)", stage.name, seconds / done, remaining / 60)
-
-        return on_step
+    def on_step_end(self, trainer, step: StepEnd) -> None:
+        done, left = step.done, step.left
+        if done != min(5, done + left):
+            return
+        seconds = time.perf_counter() - self.start
+        stage = self.stages[self.index]
+        per_unit = seconds / done / stage.cost  # seconds per teacher-step equivalent
+        later = sum((s.steps or self.default_steps) * s.cost for s in self.stages[self.index + 1:])
+        remaining = left * seconds / done + later * per_unit
+        log.info("[%s] %.1f s/step; estimated time left for the ladder: %.0f min (training only, from this "
+                 "stage's rate)", stage.name, seconds / done, remaining / 60)
 
 
 def pipeline(config: RunConfig, output_dir: str | Path, teacher: str | Path | None = None,
-             progress: bool = True) -> Report:
-    """The whole ladder, resumable stage by stage; writes ``report.json``, ``report.md`` and ``report.png``."""
+             progress: bool = True, tracker: str | None = None) -> Report:
+    """The whole ladder, resumable stage by stage; writes ``report.json``, ``report.md`` and ``report.png``.
+
+    ``tracker`` (``tensorboard`` or ``mlflow``, default none) mirrors every stage's training log to a tracker."""
+    make_trackers(tracker)  # a missing tracker package fails before anything runs
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if teacher is not None:
         depth = load_model(teacher)[0].num_layers
     else:
-        from ..models.plm import load_encoder, resolve_plm
-
         depth = int(load_encoder(resolve_plm(config.model.plm)).config.num_hidden_layers)
     stages = plan(config, depth)
+    if any(stage.kind == "pmd" for stage in stages):
+        check_gradient_cache(config)
     atomic_write_json(out / "plan.json", [s.__dict__ for s in stages])
-    teacher_steps = config.train.max_steps
-    estimate = _Progress(stages, config.distill.stage_steps or teacher_steps or 1)
+    default_steps = config.distill.stage_steps or config.train.max_steps or 1
     folders: dict[str, Path] = {}
     for index, stage in enumerate(stages):
         stage_dir = out / stage.name
@@ -228,9 +251,9 @@ def pipeline(config: RunConfig, output_dir: str | Path, teacher: str | Path | No
             resume = (stage_dir / LAST).exists()
             log.info("[%s] %s: %d layers, %s%s", stage.name, "resuming" if resume else "starting", stage.layers,
                      stage.kind, "" if stage.mask_rate is None else f", mask rate {stage.mask_rate:.2f}")
-            on_step = estimate.callback(index)
+            callbacks = [_StageEstimate(stages, index, default_steps)]
             if stage.kind == "teacher":
-                train(config, stage_dir, resume=resume, progress=progress, on_step=on_step)
+                train(config, stage_dir, resume=resume, progress=progress, callbacks=callbacks, tracker=tracker)
             else:
                 stage_config_ = copy.deepcopy(config)
                 if stage.kind != "pmd":
@@ -239,7 +262,7 @@ def pipeline(config: RunConfig, output_dir: str | Path, teacher: str | Path | No
                     stage_config_.model.init_from = "plm"
                 distill(stage_config_, folders[stage.teacher], stage_dir, layers=stage.layers,
                         mask_rate=stage.mask_rate or 0.0, resume=resume, steps=stage.steps, lr=stage.lr,
-                        progress=progress, on_step=on_step)
+                        progress=progress, callbacks=callbacks, tracker=tracker)
             write_model_card(stage_dir)
             atomic_write_json(marker, {"done": True, "stage": stage.__dict__})
         folders[stage.name] = stage_dir

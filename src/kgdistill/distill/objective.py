@@ -1,4 +1,5 @@
-"""One PMD stage's objective: L = (1-a-b) L_CE + a L_SCORE + b L_MGFD with a frozen teacher (method.md 2.11)."""
+"""One PMD stage's objective: L = (1-a-b) L_CE + a L_SCORE + b L_MGFD with a frozen teacher (docs/METHOD.md,
+"PMD")."""
 from __future__ import annotations
 
 import torch
@@ -55,6 +56,7 @@ class DistillationObjective(nn.Module):
 
     @property
     def needs_heads(self) -> bool:
+        """Whether batches carry the head-alone text (for self-negatives)."""
         return self.loss.config.self_negative
 
     def forward(self, batch: TrainBatch, step: int = 0) -> tuple[torch.Tensor, dict]:
@@ -122,6 +124,7 @@ class DistillationObjective(nn.Module):
                       "l_mgfd": float(l_mgfd.detach()), "l_emb": float(l_emb.detach())}
 
     def validation_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's L_CE and logits on a validation batch (no margin, in-batch negatives only)."""
         hr = self.model.encode_queries(batch.hr).vectors
         tail = self.model.encode_entities(batch.tail).vectors
         return self.loss(hr, tail, None, batch)

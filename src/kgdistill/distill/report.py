@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..jobs.saved import resolve_model_dir
+from ..results import Result
 
 
 def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
-    from ..api import resolve_model_dir
-
     model_dir = resolve_model_dir(run_dir)
     meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -39,10 +39,21 @@ def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
 
 
 @dataclass
-class Report:
+class Report(Result):
+    """What ``pipeline`` returns: one row per model of the ladder (the teacher first) with its size, speed and
+    metrics; ``table()`` is the Markdown table of ``report.md``."""
+
     rows: list[dict]
 
+    def to_dict(self) -> dict:
+        """What ``report.json`` holds."""
+        return {"rows": self.rows}
+
+    def table(self) -> str:
+        return self.markdown()
+
     def markdown(self) -> str:
+        """The rows as a Markdown table, MRR and Hits in %, with the change against the teacher."""
         teacher = self.rows[0]
         lines = ["| model | kind | layers (query/entity) | steps | train s | params (M) | non-emb (M) | size (MB) | "
                  "entities/s | MRR | H@1 | H@3 | H@10 | MRR rerank | H@10 rerank | dMRR vs teacher | % of teacher |",
@@ -61,6 +72,7 @@ class Report:
         return "\n".join(lines)
 
     def plot(self) -> bytes:
+        """PNG: MRR against parameters and against entity encoding speed, per kind of stage."""
         import io
 
         import matplotlib
@@ -96,10 +108,13 @@ class Report:
         plt.close(fig)
         return buffer.getvalue()
 
-    def save(self, folder: Path) -> None:
-        atomic_write_json(folder / "report.json", {"rows": self.rows})
+    def save(self, folder: str | Path) -> Path:
+        """``report.json``, ``report.md`` and ``report.png``."""
+        folder = Path(folder)
+        atomic_write_json(folder / "report.json", self.to_dict())
         atomic_write_text(folder / "report.md", self.markdown() + "\n")
         atomic_write_bytes(folder / "report.png", self.plot())
+        return folder
 
 
 def build_report(stages: list[tuple[str, Path] | tuple[str, Path, str]]) -> Report:

@@ -5,6 +5,7 @@ import numpy as np
 
 
 def rank_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """MR, MRR and Hits@1/3/10 of a list of ranks (NaN for none)."""
     ranks = np.asarray(ranks, dtype=np.float64)
     if len(ranks) == 0:
         return {"mr": float("nan"), "mrr": float("nan"), "hits@1": float("nan"), "hits@3": float("nan"),

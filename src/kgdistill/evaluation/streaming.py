@@ -1,4 +1,5 @@
-"""Evaluation for millions of entities: fp16 entity shards on disk, queries streamed against them (method.md 1.8).
+"""Evaluation for millions of entities: fp16 entity shards on disk, queries streamed against them (docs/METHOD.md,
+"Evaluation").
 
 Entity vectors are written shard by shard (``shard-00000.npy``, ..., at most ``shard_size`` fp16 rows each), then a
 manifest (``entities.json``: dim, count, and rows, bytes and sha256 of every shard) is written last and atomically, so
@@ -19,7 +20,7 @@ import torch
 
 from ..errors import KGDistillError
 from ..io import atomic_write_bytes, atomic_write_json, sha256_file
-from .ranking import NeighborhoodReranker, add_bonus_, count_above, ranks_from_counts
+from .ranks import NeighborhoodReranker, add_bonus_, count_above, ranks_from_counts
 
 MANIFEST = "entities.json"
 FORMAT = "kgdistill-entity-shards/1"
@@ -172,7 +173,7 @@ def merge_topk(best: tuple[torch.Tensor, torch.Tensor] | None, values: torch.Ten
 def rank_streaming(store: EntityShards, query_vectors: torch.Tensor, queries: np.ndarray, filter_rows: np.ndarray,
                    filter_cols: np.ndarray, tie_policy: str, reranker: NeighborhoodReranker | None = None,
                    top_k: int = 0) -> tuple[dict[str, np.ndarray], tuple[torch.Tensor, torch.Tensor] | None]:
-    """:func:`~kgdistill.evaluation.ranking.rank_in_memory` one shard at a time.
+    """:func:`~kgdistill.evaluation.ranks.rank_in_memory` one shard at a time.
 
     The counts behind a filtered rank (entries above and equal to the gold's score, filtered answers and the gold
     itself left out) add up over shards, and so does a running top-k; memory follows ``len(queries) x shard rows``.

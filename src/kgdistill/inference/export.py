@@ -21,29 +21,31 @@ dynamically to int8 when loaded (``torch.ao.quantization.quantize_dynamic``, CPU
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..api import load_run_config, resolve_model_dir
 from ..config import RunConfig
 from ..data.batching import EncoderBatch, pad, tokenize
-from ..data.dataset import SPLITS, load_dataset
+from ..data.dataset import SPLITS
 from ..data.formats import write_dataset
+from ..data.loading import load_dataset
 from ..errors import KGDistillError
 from ..io import atomic_write_json, replace_dir, sha256_file
-from ..models.biencoder import BiEncoder, Encoded, load_model_tokenizer
-from ..training.trainer import BEST, LAST
-from .model_card import write_model_card
-from .predictor import EXPORT_META, Predictor, model_info
+from ..jobs.model_card import write_model_card
+from ..jobs.saved import model_config, resolve_model_dir, run_dir_of
+from ..models.biencoder import BiEncoder, load_model_tokenizer
+from ..results import Result
+from ..training.checkpoint import BEST, LAST
+from .backends import EXPORT_META, ExportUnavailableError, OnnxBiEncoder, _onnxruntime
+from .predictor import Predictor
 
 log = logging.getLogger("kgdistill")
 
@@ -51,75 +53,6 @@ EXPORT_FORMAT = "kgdistill-export"
 FORMATS = ("hf", "onnx")
 ONNX_FILES = {"query": "onnx/query_encoder.onnx", "entity": "onnx/entity_encoder.onnx"}
 ONNX_OPSET = 17
-
-
-class ExportUnavailableError(KGDistillError):
-    """An optional export dependency (onnx, onnxruntime) is not installed."""
-
-
-def _onnxruntime():
-    try:
-        import onnxruntime  # noqa: PLC0415
-    except ImportError:
-        raise ExportUnavailableError("ONNX needs the packages onnx and onnxruntime "
-                                     "(pip install onnx onnxruntime; or pip install 'kgdistill[export]')") from None
-    return onnxruntime
-
-
-# ---------------------------------------------------------------------------------------------------- ONNX runtime
-class OnnxBiEncoder:
-    """The two encoders as onnxruntime sessions, with BiEncoder's encode_queries / encode_entities interface."""
-
-    def __init__(self, query_path: Path, entity_path: Path, pooling: str = "mean", info: dict | None = None):
-        ort = _onnxruntime()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.sessions = {which: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                         for which, path in (("query", query_path), ("entity", entity_path))}
-        self.inputs = {w: [i.name for i in s.get_inputs()] for w, s in self.sessions.items()}
-        self.pooling = pooling
-        self.info = dict(info or {})
-        digest = hashlib.sha256()
-        for path in (query_path, entity_path):
-            digest.update(sha256_file(path).encode())
-            data = Path(str(path) + ".data")
-            if data.is_file():
-                digest.update(sha256_file(data).encode())
-        self.fingerprint = "onnx-" + digest.hexdigest()
-
-    @classmethod
-    def load(cls, folder: Path, export_meta: dict, quantized: bool = False, model: BiEncoder | None = None
-             ) -> "OnnxBiEncoder":
-        files = (export_meta.get("onnx") or {}).get("int8_files" if quantized else "files")
-        if not files:
-            raise KGDistillError(f"{folder}: not an ONNX export{' with int8 weights' if quantized else ''} "
-                                 f"(kgdistill export --format onnx); use the torch backend")
-        paths = [folder / files["query"], folder / files["entity"]]
-        for path in paths:
-            if not path.is_file():
-                raise KGDistillError(f"{path}: missing (listed in {EXPORT_META})")
-        return cls(paths[0], paths[1], getattr(model, "pooling", "mean"), model_info(model))
-
-    def _run(self, which: str, batch: EncoderBatch) -> Encoded:
-        feed = {"input_ids": batch.input_ids.cpu().numpy().astype(np.int64),
-                "attention_mask": batch.attention_mask.cpu().numpy().astype(np.int64)}
-        if "token_type_ids" in self.inputs[which]:
-            types = batch.token_type_ids if batch.token_type_ids is not None else torch.zeros_like(batch.input_ids)
-            feed["token_type_ids"] = types.cpu().numpy().astype(np.int64)
-        out = self.sessions[which].run(None, {k: v for k, v in feed.items() if k in self.inputs[which]})[0]
-        return Encoded(torch.from_numpy(np.asarray(out, dtype=np.float32)))
-
-    def encode_queries(self, batch: EncoderBatch, hidden: bool = False) -> Encoded:
-        return self._run("query", batch)
-
-    def encode_entities(self, batch: EncoderBatch, hidden: bool = False) -> Encoded:
-        return self._run("entity", batch)
-
-    def eval(self) -> "OnnxBiEncoder":
-        return self
-
-    def to(self, device) -> "OnnxBiEncoder":
-        return self
 
 
 class _PooledEncoder(nn.Module):
@@ -199,26 +132,18 @@ def _quantize_onnx(src: Path, dst: Path) -> None:
 def _check_output(output: Path, source: Path) -> None:
     output_r, source_r = output.resolve(), source.resolve()
     if output_r == source_r or output_r in source_r.parents:
-        raise KGDistillError(f"--output {output}: must not be the model folder or contain it")
+        raise KGDistillError(f"output {output}: must not be the model folder or contain it")
     if output.exists():
         if not output.is_dir():
-            raise KGDistillError(f"--output {output}: exists and is not a folder")
+            raise KGDistillError(f"output {output}: exists and is not a folder")
         if any(output.iterdir()) and not (output / EXPORT_META).is_file():
-            raise KGDistillError(f"--output {output}: not empty and not a previous export; choose another folder")
-
-
-def _dataset_in_model_json(source: Path) -> str | None:
-    """The dataset named in the model.json of a folder without a run config, read before the weights load."""
-    try:
-        return json.loads((source / "model.json").read_text(encoding="utf-8"))["info"]["dataset"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # BiEncoder.load reports a broken model.json
+            raise KGDistillError(f"output {output}: not empty and not a previous export; choose another folder")
 
 
 def _copy_run_files(source: Path, config: RunConfig, same_dataset: bool, stage: Path) -> None:
     """The run's metrics and provenance, beside the export for its model card; the metrics only when they were
     measured on the exported checkpoint and dataset."""
-    run_dir = source.parent if source.name in (LAST, BEST) else source
+    run_dir = run_dir_of(source)
     evaluated = BEST if config.eval.checkpoint == "best" and (run_dir / BEST).is_dir() else LAST
     metrics_apply = same_dataset and (source == run_dir or source.name == evaluated)
     for name in ("metrics.json", "run.json", "train_summary.json"):
@@ -227,14 +152,49 @@ def _copy_run_files(source: Path, config: RunConfig, same_dataset: bool, stage: 
 
 
 # ---------------------------------------------------------------------------------------------------- export
+@dataclass
+class ExportResult(Result):
+    """What ``export_model`` returns: the export folder and its ``export.json`` (``meta``: format, quantisation,
+    dataset, entity index and the verification numbers)."""
+
+    output: Path
+    meta: dict
+
+    def to_dict(self) -> dict:
+        return {**self.meta, "output": str(self.output)}
+
+    def table(self) -> str:
+        r = self.meta
+        lines = [f"exported ({r['export_format']}{', int8' if r.get('quantize') else ''}) to {self.output}",
+                 f"  entity index: {r['index']['entities']} entities, {r['index']['dtype']}"]
+        if "int8_max_abs_diff_vs_fp32" in r:
+            lines.append("  PyTorch int8 vs fp32 max abs diff: " + _diffs(r["int8_max_abs_diff_vs_fp32"]))
+        if "onnx" in r:
+            lines.append("  ONNX vs PyTorch max abs diff: " + _diffs(r["onnx"]["max_abs_diff_vs_pytorch"]))
+            if "int8_max_abs_diff_vs_pytorch" in r["onnx"]:
+                lines.append("  ONNX int8 vs PyTorch fp32 max abs diff: "
+                             + _diffs(r["onnx"]["int8_max_abs_diff_vs_pytorch"]))
+        return "\n".join(lines)
+
+    def save(self, folder: str | Path) -> Path:
+        """``export.json``."""
+        atomic_write_json(Path(folder) / EXPORT_META, self.meta)
+        return Path(folder)
+
+
+def _diffs(d: dict[str, float]) -> str:
+    return f"query {d['query']:.3e}, entity {d['entity']:.3e}"
+
+
 def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", quantize: str | None = None,
                  dataset: str | None = None, checkpoint: str = "last", index_dtype: str = "fp32",
-                 progress: bool = False) -> dict:
-    """Write a self-contained export folder; returns the report also saved as ``export.json``."""
+                 progress: bool = False) -> ExportResult:
+    """Write a self-contained export folder (``format`` hf or onnx, ``quantize`` None or int8) of the model in
+    ``model_dir`` to ``output``; its report is also saved there as ``export.json``."""
     if format not in FORMATS:
-        raise KGDistillError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+        raise KGDistillError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
     if quantize not in (None, "int8"):
-        raise KGDistillError(f"--quantize {quantize!r}: only int8 is supported")
+        raise KGDistillError(f"quantize {quantize!r}: only int8 is supported")
     if format == "onnx":
         _onnxruntime()
         try:
@@ -244,12 +204,7 @@ def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", 
     source = resolve_model_dir(model_dir, checkpoint)
     output = Path(output)
     _check_output(output, source)
-    saved = load_run_config(source)
-    config: RunConfig = copy.deepcopy(saved or RunConfig())
-    if dataset is not None:
-        config.data.dataset, config.data.format = str(dataset), "auto"
-    elif saved is None:
-        config.data.dataset = _dataset_in_model_json(source) or config.data.dataset
+    config = model_config(source, dataset)
     kg = load_dataset(config.data.dataset, config.data.format)  # before the weights: a bad dataset fails at once
     model = BiEncoder.load(source).eval()
     tokenizer = load_model_tokenizer(source)
@@ -306,5 +261,4 @@ def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", 
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    report["output"] = str(output)
-    return report
+    return ExportResult(output, report)

@@ -17,7 +17,9 @@ import io
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -94,10 +96,12 @@ class EntityIndex:
     # ------------------------------------------------------------------ shape
     @property
     def dim(self) -> int:
+        """Vector size."""
         return int(self.vectors.shape[1])
 
     @property
     def num_base(self) -> int:
+        """Rows saved on disk (added rows excluded)."""
         return int(self.vectors.shape[0])
 
     def __len__(self) -> int:
@@ -105,9 +109,11 @@ class EntityIndex:
 
     @property
     def dtype(self) -> str:
+        """``fp16`` or ``fp32``: how the base rows are stored."""
         return "fp16" if self.vectors.dtype == np.float16 else "fp32"
 
     def all_ids(self) -> list[str]:
+        """Entity ids of every row, base rows first."""
         return self.ids + self.extra_ids
 
     # ------------------------------------------------------------------ rows
@@ -267,3 +273,35 @@ def build_index(vectors: torch.Tensor | np.ndarray, ids: list[str], dtype: str =
     if isinstance(vectors, torch.Tensor):
         vectors = vectors.detach().float().cpu().numpy()
     return EntityIndex(np.ascontiguousarray(vectors.astype(DTYPES[dtype])), ids, meta)
+
+
+@dataclass
+class IndexStore:
+    """Where a predictor keeps its entity index: ``folder``/``stem`` (None: in memory only), the ``dtype`` of a newly
+    built one (None: fp32; a saved index of any dtype is then reused) and whether a new one is ``save``d there."""
+
+    folder: str | Path | None = None
+    stem: str = "entities"
+    dtype: str | None = None
+    save: bool = True
+
+    def load_or_build(self, expect: dict, encode: Callable[[], torch.Tensor], ids: list[str],
+                      meta: dict | None = None) -> EntityIndex:
+        """The saved index when its ``expect`` keys (model fingerprint, data key) match, else one built from
+        ``encode()`` (and saved when it can be; a folder that cannot be written keeps it in memory)."""
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise KGDistillError(f"index dtype '{self.dtype}': expected one of {', '.join(DTYPES)}")
+        expect = {**expect, **({"dtype": self.dtype} if self.dtype is not None else {})}
+        if self.folder is not None:
+            found = EntityIndex.open(self.folder, self.stem, expect)
+            if found is not None:
+                return found
+        index = build_index(encode(), ids, self.dtype or "fp32", {**expect, **(meta or {})})
+        if self.folder is not None and self.save:
+            try:
+                index.save(self.folder, self.stem)
+                return EntityIndex.open(self.folder, self.stem, expect) or index
+            except OSError as exc:
+                log.warning("entity index not saved to %s (%s); kept in memory", self.folder, exc.strerror or exc)
+        return index
+

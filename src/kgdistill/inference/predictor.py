@@ -1,4 +1,4 @@
-"""Use a trained model: tail and head prediction, triple scores, unseen entities (GitHub issue 4).
+"""Use a trained model: tail and head prediction, triple scores, unseen entities.
 
 Scores are the evaluator's: queries are tokenised exactly as :class:`~kgdistill.data.batching.ExampleSet` does in
 evaluation mode (the head's evaluation text with its training neighbours, paired with the relation text), and the
@@ -14,12 +14,8 @@ Entities are given by id, by name (an ambiguous name is an error listing the can
 """
 from __future__ import annotations
 
-import copy
 import hashlib
-import json
 import logging
-import warnings
-from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,61 +24,35 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..api import DataContext, load_run_config, resolve_model_dir, tokenizer_key
 from ..config import RunConfig
-from ..data.batching import KnownTails, entity_token_store, tokenize
-from ..data.dataset import SPLITS, KnowledgeGraph, load_dataset
-from ..data.text import INVERSE_PREFIX, join_name_description, with_inverses
+from ..data.batching import KnownTails, entity_token_store, tokenize, tokenizer_key
+from ..data.dataset import SPLITS, KnowledgeGraph
+from ..data.loading import load_dataset
+from ..data.text import with_inverses
 from ..errors import CheckpointError, KGDistillError
 from ..evaluation.ranking import encode_store
-from ..runtime import resolve_precision
+from ..evaluation.ranks import ranks_from_scores
+from ..jobs.context import DataContext
+from ..jobs.saved import model_config, resolve_model_dir
 from ..models.biencoder import BiEncoder, load_model_tokenizer
-from .index import (DTYPES, FAISS_KINDS, EntityIndex, build_index, default_index_location,
-                    model_fingerprint)
+from ..runtime import pick_device, resolve_precision
+from .backends import load_backend, read_export_meta
+from .index import FAISS_KINDS, EntityIndex, IndexStore, default_index_location
+from .vocabulary import (AmbiguousEntityError, Entity, EntityVocabulary, PredictionError, UnknownEntityError,
+                         UnknownRelationError)
+
+__all__ = ["AmbiguousEntityError", "Entity", "Prediction", "PredictionError", "Predictor", "ResolvedQuery",
+           "ScoredEntity", "UnknownEntityError", "UnknownRelationError"]
 
 log = logging.getLogger("kgdistill")
 
-EXPORT_META = "export.json"
-MAX_TEXT_CHARS = 10_000  # name + description of an unseen entity
 MAX_K = 100_000
-
-
-class PredictionError(KGDistillError):
-    """A prediction request is invalid (bad entity, relation or argument)."""
-
-
-class UnknownEntityError(PredictionError):
-    """No entity has this id or name."""
-
-
-class AmbiguousEntityError(PredictionError):
-    """Several entities share this name; ``candidates`` lists their ids."""
-
-    def __init__(self, message: str, candidates: list[str]):
-        super().__init__(message)
-        self.candidates = candidates
-
-
-class UnknownRelationError(PredictionError):
-    """No relation has this id or text."""
-
-
-def _norm(text: str) -> str:
-    return " ".join(str(text).split()).lower()
-
-
-@dataclass
-class Entity:
-    """A resolved entity: ``row`` in the index (None for an unseen one), its id, name and query-side text."""
-
-    row: int | None
-    id: str | None
-    name: str
-    text: str
 
 
 @dataclass
 class ScoredEntity:
+    """One answer of a prediction: entity id, name and score, with its rank (results) or splits (filtered ones)."""
+
     id: str
     name: str
     score: float
@@ -90,6 +60,7 @@ class ScoredEntity:
     splits: list[str] | None = None  # for filtered answers: where the triple is known from
 
     def to_dict(self) -> dict:
+        """The fields that are set, as JSON-ready data."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
@@ -119,11 +90,13 @@ class Prediction:
     num_filtered: int = 0  # every known answer of the query, removed from the ranking
 
     def to_dict(self) -> dict:
+        """The prediction as JSON-ready data (what ``kgdistill predict --json`` and the HTTP service return)."""
         return {"direction": self.direction, "entity": self.entity, "relation": self.relation,
                 "relation_id": self.relation_id, "results": [r.to_dict() for r in self.results],
                 "filtered": [r.to_dict() for r in self.filtered], "num_filtered": self.num_filtered}
 
     def table(self) -> str:
+        """The prediction as a readable table, best first, with a line on the filtered known answers."""
         who = self.entity.get("id") or self.entity.get("name")
         name = self.entity.get("name", "")
         arrow = (f"({who}: {name}) --[{self.relation}]--> ?" if self.direction == "tail"
@@ -138,39 +111,18 @@ class Prediction:
         return "\n".join(lines)
 
 
-def _read_export_meta(folder: Path) -> dict:
-    path = folder / EXPORT_META
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}: not valid JSON") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return meta
-
-
-def quantize_int8(model: BiEncoder) -> BiEncoder:
-    """Dynamic int8 quantisation of every Linear layer (PyTorch CPU path)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(model.cpu().eval(), {torch.nn.Linear}, dtype=torch.qint8)
-
-
 class Predictor:
-    """Link prediction with a trained bi-encoder over a knowledge graph's entities (plus any added ones)."""
+    """Link prediction with a trained bi-encoder over a knowledge graph's entities (plus any added ones).
+
+    Names are resolved by its :class:`~kgdistill.inference.vocabulary.EntityVocabulary` (``vocab``), candidates
+    searched in its :class:`~kgdistill.inference.index.EntityIndex` (``index``, loaded or built through ``store``),
+    and a gold answer's rank is computed by the evaluator's own ranking code."""
 
     def __init__(self, model, tokenizer, config: RunConfig, kg: KnowledgeGraph | None = None,
                  device: str | torch.device | None = None, precision: str | None = None,
-                 index: EntityIndex | None = None, index_dir: str | Path | None = None, index_stem: str = "entities",
-                 index_dtype: str | None = None, fingerprint: str | None = None, save_index: bool = True,
+                 index: EntityIndex | None = None, store: IndexStore | None = None, fingerprint: str | None = None,
                  index_kind: str = "exact", info: dict | None = None, progress: bool = False):
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = pick_device("auto") if device is None else torch.device(device)
         self.model = model.eval().to(self.device) if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer
         self.config = config
@@ -181,26 +133,20 @@ class Predictor:
         self.texts = self.data.texts
         self.tokenized = self.data.tokenized
         self.info = dict(info or {})
-        kg_ = self.kg
-        r = kg_.num_relations
-        self.known_all = KnownTails(with_inverses(np.concatenate([kg_.splits[s] for s in SPLITS]), r),
-                                    kg_.num_entities, r)
-        self.known_split = {s: KnownTails(with_inverses(kg_.splits[s], r), kg_.num_entities, r) for s in SPLITS}
+        self.vocab = EntityVocabulary(self.kg, self.texts)
+        r = self.kg.num_relations
+        self.known_all = KnownTails(with_inverses(np.concatenate([self.kg.splits[s] for s in SPLITS]), r),
+                                    self.kg.num_entities, r)
+        self.known_split = {s: KnownTails(with_inverses(self.kg.splits[s], r), self.kg.num_entities, r)
+                            for s in SPLITS}
         self.fingerprint = fingerprint or "unsaved-model"
-        self.added: list[dict] = []  # entities added with add_entities (rows num_entities + j)
-        self._id_rows = dict(kg_.entity_index)
-        self._name_rows: dict[str, list[int]] = {}
-        for row, name in enumerate(kg_.entity_names):
-            self._name_rows.setdefault(_norm(name), []).append(row)
-        self._relation_texts: dict[str, list[int]] = {}
-        for i, text in enumerate(kg_.relation_texts):
-            self._relation_texts.setdefault(_norm(text), []).append(i)
-            self._relation_texts.setdefault(_norm(INVERSE_PREFIX + text), []).append(i + r)
-        self._relation_ids = {rid.lower(): i for i, rid in enumerate(kg_.relation_ids)}
-        self._sorted_names: list[tuple[str, int]] | None = None
-        self.index = index if index is not None else self._load_or_build_index(
-            index_dir, index_stem, index_dtype, save_index)
-        if self.index.all_ids()[:kg_.num_entities] != kg_.entity_ids:
+        if index is None:
+            expect = {"model_fingerprint": self.fingerprint, "data_key": self.data_key()}
+            index = (store or IndexStore()).load_or_build(
+                expect, self.encode_all_entities, self.kg.entity_ids,
+                {"dataset": self.kg.name, "num_relations": self.kg.num_relations})
+        self.index = index
+        if self.index.all_ids()[:self.kg.num_entities] != self.kg.entity_ids:
             raise CheckpointError("entity index: its entity ids do not match the dataset's")
         if index_kind != "exact":
             self.build_faiss(index_kind)
@@ -218,42 +164,21 @@ class Predictor:
         ``backend``: torch, or onnx for an ONNX export (onnxruntime).
         """
         folder = resolve_model_dir(model_dir, checkpoint)
-        export_meta = _read_export_meta(folder)
+        export_meta = read_export_meta(folder)
         tokenizer = load_model_tokenizer(folder)
-        model = BiEncoder.load(folder)
-        info = {"model_dir": str(folder), "backend": backend}
-        quantize = export_meta.get("quantize")
-        if backend == "torch":
-            fingerprint = model_fingerprint(folder)
-            if quantize == "int8":
-                model = quantize_int8(model)
-                device, precision = "cpu", "fp32"  # dynamic int8 kernels run on the CPU in fp32
-                fingerprint += "+int8"
-        elif backend == "onnx":
-            from .export import OnnxBiEncoder
-
-            model = OnnxBiEncoder.load(folder, export_meta, quantized=quantize == "int8", model=model)
-            fingerprint = model.fingerprint
+        model, fingerprint, cpu_fp32 = load_backend(folder, backend, export_meta, BiEncoder.load(folder))
+        if cpu_fp32:
             device, precision = "cpu", "fp32"
-        else:
-            raise KGDistillError(f"backend '{backend}': expected torch or onnx")
-        info["quantize"] = quantize
-        saved = load_run_config(folder)
-        config = copy.deepcopy(saved or RunConfig())
-        if dataset is not None:
-            config.data.dataset = str(dataset)
-        elif export_meta.get("dataset") and (folder / export_meta["dataset"]).is_dir():
-            config.data.dataset = str(folder / export_meta["dataset"])
-        elif saved is None:
-            config.data.dataset = model_info(model).get("dataset", config.data.dataset)
-        info["dataset"] = config.data.dataset
-        kg = load_dataset(config.data.dataset)
-        info["dataset_name"] = kg.name
+        quantize = export_meta.get("quantize")
+        config = model_config(folder, dataset, bundled=export_meta.get("dataset"))
+        kg = load_dataset(config.data.dataset, config.data.format)
+        info = {"model_dir": str(folder), "backend": backend, "quantize": quantize, "dataset": config.data.dataset,
+                "dataset_name": kg.name}
         location, stem = default_index_location(folder)
         if backend == "onnx":
             stem += "-onnx" + ("-int8" if quantize == "int8" else "")
-        return cls(model, tokenizer, config, kg, device, precision, index_dir=index_dir or location,
-                   index_stem=stem, index_dtype=index_dtype, fingerprint=fingerprint, save_index=save_index,
+        store = IndexStore(index_dir or location, stem, index_dtype, save_index)
+        return cls(model, tokenizer, config, kg, device, precision, store=store, fingerprint=fingerprint,
                    index_kind=index, info=info, progress=progress)
 
     def data_key(self) -> str:
@@ -263,27 +188,6 @@ class Predictor:
                  str(d.max_neighbors), str(d.max_tokens), tokenizer_key(self.tokenizer), self.precision,
                  str(getattr(self.model, "pooling", ""))]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
-
-    def _load_or_build_index(self, index_dir, stem: str, dtype: str | None, save: bool) -> EntityIndex:
-        if dtype is not None and dtype not in DTYPES:
-            raise KGDistillError(f"index dtype '{dtype}': expected one of {', '.join(DTYPES)}")
-        expect = {"model_fingerprint": self.fingerprint, "data_key": self.data_key()}
-        if dtype is not None:
-            expect["dtype"] = dtype
-        if index_dir is not None:
-            found = EntityIndex.open(index_dir, stem, expect)
-            if found is not None:
-                return found
-        vectors = self.encode_all_entities()
-        index = build_index(vectors, self.kg.entity_ids, dtype or "fp32",
-                            {**expect, "dataset": self.kg.name, "num_relations": self.kg.num_relations})
-        if index_dir is not None and save:
-            try:
-                index.save(index_dir, stem)
-                return EntityIndex.open(index_dir, stem, expect) or index
-            except OSError as exc:
-                log.warning("entity index not saved to %s (%s); kept in memory", index_dir, exc.strerror or exc)
-        return index
 
     def encode_all_entities(self) -> torch.Tensor:
         """Every entity's evaluation-text vector, exactly as the evaluator encodes them."""
@@ -304,165 +208,31 @@ class Predictor:
                                          for h, r, _ in queries])
         return self.index.build_faiss(kind, sample, **kwargs)
 
-    # ------------------------------------------------------------------ resolution
+    # ------------------------------------------------------------------ names
     @property
     def num_entities(self) -> int:
+        """Candidates: the graph's entities and the added ones."""
         return len(self.index)
-
-    def entity_id(self, row: int) -> str:
-        return self.kg.entity_ids[row] if row < self.kg.num_entities else self.added[row - self.kg.num_entities]["id"]
-
-    def entity_name(self, row: int) -> str:
-        return (self.kg.entity_names[row] if row < self.kg.num_entities
-                else self.added[row - self.kg.num_entities]["name"])
-
-    def _row_text(self, row: int) -> str:
-        if row < self.kg.num_entities:
-            return self.texts.entity_text(row)
-        return self.added[row - self.kg.num_entities]["text"]
-
-    @staticmethod
-    def _unseen_text(spec: dict, what: str = "entity") -> tuple[str, str]:
-        name, description = spec.get("name"), spec.get("description", "")
-        if description is None:
-            description = ""
-        if not isinstance(name, str) or not name.strip():
-            raise PredictionError(f"{what}: a new entity needs a non-empty 'name'")
-        if not isinstance(description, str):
-            raise PredictionError(f"{what}: 'description' must be a string")
-        name, description = name.strip(), description.strip()  # as the dataset loader does
-        try:
-            (name + description).encode("utf-8")
-        except UnicodeEncodeError:
-            raise PredictionError(f"{what}: name and description must be valid Unicode text") from None
-        if len(name) + len(description) > MAX_TEXT_CHARS:
-            raise PredictionError(f"{what}: name and description exceed {MAX_TEXT_CHARS:,} characters")
-        return name, join_name_description(name, description)
 
     def resolve_entity(self, entity: Any, what: str = "entity") -> Entity:
         """An id, a name, a dict with an 'id', or a dict {name, description} for an unseen entity."""
-        if isinstance(entity, dict):
-            if "id" in entity and entity["id"] is not None:
-                extra = set(entity) - {"id", "name", "description"}
-                if extra:
-                    raise PredictionError(f"{what}: unexpected keys {sorted(extra)}")
-                if isinstance(entity["id"], bool) or not isinstance(entity["id"], (str, int)):
-                    raise PredictionError(f"{what}: 'id' must be a string")
-                return self.resolve_entity(str(entity["id"]), what)
-            extra = set(entity) - {"name", "description"}
-            if extra:
-                raise PredictionError(f"{what}: unexpected keys {sorted(extra)} (a new entity is "
-                                      "{'name': ..., 'description': ...})")
-            name, text = self._unseen_text(entity, what)
-            return Entity(None, None, name, text)
-        if isinstance(entity, bool) or not isinstance(entity, (str, int)):
-            return self._bad(what, entity)
-        key = str(entity).strip()
-        if not key:
-            raise UnknownEntityError(f"{what}: empty entity id or name")
-        if len(key) > MAX_TEXT_CHARS:
-            raise UnknownEntityError(f"{what}: no entity has this {len(key):,}-character id or name")
-        row = self._id_rows.get(key)
-        if row is None:
-            rows = self._name_rows.get(_norm(key), [])
-            if len(rows) > 1:
-                ids = [self.entity_id(r) for r in rows]
-                shown = ", ".join(ids[:20]) + (f", ... ({len(ids)} in all)" if len(ids) > 20 else "")
-                raise AmbiguousEntityError(f"{what}: the name {key!r} is ambiguous; use one of the ids {shown}", ids)
-            if not rows:
-                hint = [f"{self.entity_id(r)} ({self.entity_name(r)})" for r in self.search_rows(key, 5)]
-                raise UnknownEntityError(f"{what}: unknown entity {key[:200]!r} (neither an id nor a name)"
-                                         + (f"; did you mean: {', '.join(hint)}" if hint else ""))
-            row = rows[0]
-        return Entity(row, self.entity_id(row), self.entity_name(row), self._row_text(row))
-
-    @staticmethod
-    def _bad(what: str, entity: Any):
-        raise PredictionError(f"{what}: expected an id, a name or {{'name': ..., 'description': ...}}, "
-                              f"got {type(entity).__name__}")
+        return self.vocab.resolve_entity(entity, what)
 
     def resolve_relation(self, relation: Any) -> int:
         """A relation id, text, 'inverse ' + text, or index; the index (inverse ones offset by num_relations)."""
-        if isinstance(relation, bool) or not isinstance(relation, (str, int)):
-            raise PredictionError(f"relation: expected an id or a text, got {type(relation).__name__}")
-        if isinstance(relation, int):  # an index, as in the dataset's triples (inverse ones from num_relations)
-            if not 0 <= relation < 2 * self.kg.num_relations:
-                last = 2 * self.kg.num_relations - 1
-                raise UnknownRelationError(f"relation: index {relation} out of range 0..{last}")
-            return relation
-        key = relation.strip()
-        if key in self.kg.relation_index:
-            return self.kg.relation_index[key]
-        rows = self._relation_texts.get(_norm(key))
-        if rows is None and key.lower() in self._relation_ids:
-            rows = [self._relation_ids[key.lower()]]
-        if not rows:
-            known = ", ".join(repr(t) for t in self.kg.relation_texts[:20])
-            more = f", ... ({self.kg.num_relations} in all)" if self.kg.num_relations > 20 else ""
-            raise UnknownRelationError(f"relation: unknown relation {key[:200]!r}; known: {known}{more}")
-        if len(set(rows)) > 1:
-            ids = [self.relation_label(r) for r in rows]
-            raise UnknownRelationError(f"relation: the text {key!r} is ambiguous; use one of the ids {', '.join(ids)}")
-        return rows[0]
-
-    def relation_label(self, relation: int) -> str:
-        r = self.kg.num_relations
-        return self.kg.relation_ids[relation] if relation < r else INVERSE_PREFIX + self.kg.relation_ids[relation - r]
-
-    # ------------------------------------------------------------------ entity search
-    def search_rows(self, prefix: str, limit: int = 20) -> list[int]:
-        """Rows whose id or name starts with ``prefix`` (case-insensitive), exact matches first."""
-        if self._sorted_names is None:
-            pairs = [(_norm(self.entity_name(r)), r) for r in range(self.num_entities)]
-            pairs += [(self.entity_id(r).lower(), r) for r in range(self.num_entities)]
-            self._sorted_names = sorted(pairs)
-        key = _norm(prefix)
-        if not key:
-            return []
-        out: list[int] = []
-        seen = set()
-        start = bisect_left(self._sorted_names, (key, -1))
-        for text, row in self._sorted_names[start:]:
-            if not text.startswith(key) or len(out) >= limit:
-                break
-            if row not in seen:
-                seen.add(row)
-                out.append(row)
-        return out
+        return self.vocab.resolve_relation(relation)
 
     def search_entities(self, prefix: str, limit: int = 20) -> list[dict]:
-        return [{"id": self.entity_id(r), "name": self.entity_name(r)} for r in self.search_rows(prefix, limit)]
+        """``{id, name}`` of the entities whose id or name starts with ``prefix`` (case-insensitive)."""
+        return self.vocab.search_entities(prefix, limit)
 
-    # ------------------------------------------------------------------ adding entities
     def add_entities(self, entities: Iterable[dict]) -> list[str]:
         """Add new candidate entities ``{id, name, description}``; they are ranked with the dataset's ones."""
-        new, ids = [], set()
-        for i, spec in enumerate(entities):
-            what = f"add_entities[{i}]"
-            if not isinstance(spec, dict):
-                raise PredictionError(f"{what}: expected a dict with id, name, description")
-            extra = set(spec) - {"id", "name", "description"}
-            if extra:
-                raise PredictionError(f"{what}: unexpected keys {sorted(extra)}")
-            eid = spec.get("id")
-            if not isinstance(eid, str) or not eid.strip():
-                raise PredictionError(f"{what}: needs a non-empty string 'id'")
-            eid = eid.strip()
-            if eid in self._id_rows or eid in ids:
-                raise PredictionError(f"{what}: entity id {eid!r} already exists")
-            name, text = self._unseen_text(spec, what)
-            ids.add(eid)
-            new.append({"id": eid, "name": name, "description": spec.get("description") or "", "text": text})
+        new = self.vocab.check_new(entities)
         if not new:
             return []
-        vectors = self._encode_entity_texts([e["text"] for e in new])
-        base = self.num_entities
-        self.index.add([e["id"] for e in new], vectors)
-        for j, e in enumerate(new):
-            self.added.append(e)
-            self._id_rows[e["id"]] = base + j
-            self._name_rows.setdefault(_norm(e["name"]), []).append(base + j)
-        self._sorted_names = None
+        self.index.add([e["id"] for e in new], self._encode_entity_texts([e["text"] for e in new]))
+        self.vocab.add(new)
         return [e["id"] for e in new]
 
     # ------------------------------------------------------------------ encoding
@@ -478,10 +248,12 @@ class Predictor:
                             self.config.eval.batch_size, self.precision).cpu()
 
     def query_vectors(self, queries: list[tuple[Entity, int]]) -> torch.Tensor:
+        """Query vectors of resolved (entity, relation index) pairs."""
         return self._encode_pairs([(e.text, self.texts.relation_text(r)) for e, r in queries])
 
     # ------------------------------------------------------------------ prediction
     def _known(self, entity: Entity, relation: int) -> np.ndarray:
+        """Known answers (any split) of a query on a graph entity; none for an unseen or added one."""
         if entity.row is None or entity.row >= self.kg.num_entities:
             return np.zeros(0, dtype=np.int64)
         return self.known_all.tails_of(entity.row, relation)
@@ -502,14 +274,13 @@ class Predictor:
             if row < 0 or len(results) >= query.k:
                 continue
             if row in known_set:
-                filtered.append(ScoredEntity(self.entity_id(row), self.entity_name(row), float(score),
+                filtered.append(ScoredEntity(self.vocab.entity_id(row), self.vocab.entity_name(row), float(score),
                                              splits=self._splits_of(entity.row, relation, row)))
                 continue
-            results.append(ScoredEntity(self.entity_id(row), self.entity_name(row), float(score), len(results) + 1))
+            results.append(ScoredEntity(self.vocab.entity_id(row), self.vocab.entity_name(row), float(score),
+                                        len(results) + 1))
         r = self.kg.num_relations
-        described = ({"id": entity.id, "name": entity.name} if entity.row is not None
-                     else {"name": entity.name, "text": entity.text})
-        return Prediction(query.direction, described, self.texts.relation_text(relation % r),
+        return Prediction(query.direction, entity.describe(), self.texts.relation_text(relation % r),
                           self.kg.relation_ids[relation % r], results, filtered, len(known_set))
 
     @staticmethod
@@ -599,33 +370,22 @@ class Predictor:
     @torch.no_grad()
     def rank(self, head: Any, relation: Any, tail: Any, filter_known: bool = True, tie_policy: str = "realistic"
              ) -> float:
-        """Filtered rank of ``tail`` among all entities, computed as the evaluator does (no re-ranking)."""
+        """Filtered rank of ``tail`` among all entities, by the evaluator's own ranking code (no re-ranking)."""
         h = self.resolve_entity(head, "head")
         rel = self.resolve_relation(relation)
         t = self.resolve_entity(tail, "tail")
         if t.row is None:
             raise PredictionError("tail: rank needs a known or added entity")
-        scores = self.index.scores(self.query_vectors([(h, rel)]))[0]
-        gold = scores[t.row].item()
-        if filter_known:
-            known = self._known(h, rel)
-            scores[torch.as_tensor(known, dtype=torch.long)] = float("-inf")
-        scores[t.row] = gold
-        better = int((scores > gold).sum())
-        ties = int((scores == gold).sum()) - 1
-        if tie_policy == "optimistic":
-            return float(better + 1)
-        if tie_policy == "pessimistic":
-            return float(better + ties + 1)
-        return better + 1 + ties / 2
+        scores = self.index.scores(self.query_vectors([(h, rel)]))
+        known = torch.as_tensor(self._known(h, rel) if filter_known else np.zeros(0), dtype=torch.long)
+        ranks = ranks_from_scores(scores, torch.tensor([t.row]), torch.zeros_like(known), known, tie_policy)
+        return float(ranks[0])
 
     def describe(self) -> dict:
-        return {"dataset": self.kg.name, "entities": self.kg.num_entities, "added_entities": len(self.added),
+        """What is loaded: dataset, entity counts, model fingerprint, index kind, precision, device, provenance."""
+        return {"dataset": self.kg.name, "entities": self.kg.num_entities, "added_entities": len(self.vocab.added),
                 "relations": self.kg.num_relations, "model_fingerprint": self.fingerprint,
                 "index": {"kind": self.index.faiss_kind or "exact", "dtype": self.index.dtype,
                           **({"faiss": self.index.faiss_report} if self.index.faiss_report else {})},
                 "precision": self.precision, "device": str(self.device), **self.info}
 
-
-def model_info(model) -> dict:
-    return dict(getattr(model, "info", None) or {})

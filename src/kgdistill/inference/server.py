@@ -26,7 +26,8 @@ from typing import Annotated, Literal, Union
 
 from ..errors import KGDistillError
 from .batching import MicroBatcher
-from .predictor import AmbiguousEntityError, Predictor, ResolvedQuery, UnknownEntityError, UnknownRelationError
+from .predictor import Predictor, ResolvedQuery
+from .vocabulary import AmbiguousEntityError, UnknownEntityError, UnknownRelationError
 
 try:
     from fastapi import FastAPI, Query, Request
@@ -242,7 +243,7 @@ def create_app(predictor: Predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
     one is then dropped, not computed); ``max_batch``, ``max_wait_ms``: see :class:`MicroBatcher`.
     """
     _require_fastapi()
-    from .. import __version__
+    from .._version import __version__
 
     if request_timeout <= 0:
         raise ValueError(f"request_timeout: expected a positive number of seconds, got {request_timeout}")

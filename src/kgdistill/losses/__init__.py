@@ -1,0 +1,1 @@
+"""SimKGC's InfoNCE with its negatives, and PMD's distillation losses."""

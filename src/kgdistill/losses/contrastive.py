@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..config import LossConfig
 from ..data.batching import KnownTails, TrainBatch
 from ..runtime import fp32_scores
@@ -58,13 +59,15 @@ class PreBatchQueue(nn.Module):
         self.register_buffer("entities", torch.full((size,), -1, dtype=torch.long))
 
     def push(self, vectors: torch.Tensor, entities: np.ndarray) -> None:
-        """Newest first; buffers are replaced, not written in place, since this step's graph still reads the old ones."""
+        """Newest first; buffers are replaced, not written in place, since this step's graph still reads the old
+        ones."""
         size = len(self.vectors)
         self.vectors = torch.cat([vectors.detach().float().to(self.vectors.device), self.vectors])[:size]
         ents = torch.as_tensor(entities, dtype=torch.long, device=self.entities.device)
         self.entities = torch.cat([ents, self.entities])[:size]
 
     def keep_mask(self, batch: TrainBatch, known: KnownTails) -> torch.Tensor:
+        """False where a queued vector is a known answer (or the tail) of the batch's query."""
         ents = self.entities.cpu().numpy()
         stale = ents >= 0
         hit = known.contains(batch.heads[:, None], batch.relations[:, None], np.where(stale, ents, 0)[None, :])
@@ -73,7 +76,7 @@ class PreBatchQueue(nn.Module):
 
 
 class InfoNCELoss(nn.Module):
-    """L_CE of SimKGC (method.md 1.4-1.6) as a module that takes the model.
+    """L_CE of SimKGC (docs/METHOD.md, "SimKGC teacher") as a module that takes the model.
 
     ``scores`` turns vectors into cosine blocks; ``logits`` applies margin (training only), temperature and masks;
     ``forward`` computes ``CE(logits, i) + CE(in_batch.T, i)``. Distillation reuses ``scores``/``logits`` for teacher
@@ -115,6 +118,7 @@ class InfoNCELoss(nn.Module):
         return torch.cat(blocks, dim=1), in_batch
 
     def cross_entropy(self, logits: torch.Tensor, in_batch: torch.Tensor) -> torch.Tensor:
+        """CE of the full logits against the diagonal, plus the transposed in-batch term when enabled."""
         labels = torch.arange(len(logits), device=logits.device)
         loss = F.cross_entropy(logits, labels)
         if self.config.tail_to_query_loss:
@@ -125,8 +129,6 @@ class InfoNCELoss(nn.Module):
         """This rank's rows against the global batch's tails (and, for the transposed term, this rank's tails against
         the global batch's queries). Averaged over ranks (as DDP does with gradients) this equals the loss of one
         process holding the whole global batch."""
-        from ..training import distributed
-
         offset = distributed.rank() * len(batch)
         tail_all = distributed.gather_with_grad(tail)
         heads_all, rels_all, tails_all = (distributed.gather_array(x) for x in (batch.heads, batch.relations,
@@ -156,8 +158,6 @@ class InfoNCELoss(nn.Module):
                 masks: NegativeMasks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and full logits; pre-batch and self negatives only in training mode (as SimKGC)."""
         if self.training and masks is None:
-            from ..training import distributed
-
             if distributed.active():
                 return self._forward_distributed(hr, tail, head, batch)
         masks = build_masks(batch, self.known) if masks is None else masks

@@ -1,4 +1,4 @@
-"""PMD's distillation losses (method.md 2.4-2.8), each an ``nn.Module``.
+"""PMD's distillation losses (docs/METHOD.md, "PMD"), each an ``nn.Module``.
 
 - :class:`ScoreDistillLoss`: L_SCORE, MSE between student and teacher score matrices (paper Eq. 5, cosine) or on
   the temperature-scaled logits (released code); KL with a temperature as an option.

@@ -36,6 +36,9 @@ class Encoded:
 
 
 class BiEncoder(nn.Module):
+    """SimKGC's bi-encoder: a query encoder for (head, relation) text and an entity encoder, pooled to unit vectors,
+    with a learnable temperature."""
+
     def __init__(self, hr_encoder: nn.Module, tail_encoder: nn.Module, pooling: str = "mean",
                  init_temperature: float = 0.05, learnable_temperature: bool = True,
                  max_inv_temperature: float = 100.0, info: dict | None = None):
@@ -50,10 +53,12 @@ class BiEncoder(nn.Module):
 
     @property
     def hidden_size(self) -> int:
+        """Size of the pooled vectors."""
         return int(self.tail_encoder.config.hidden_size)
 
     @property
     def num_layers(self) -> int:
+        """Depth of the query encoder."""
         return int(self.hr_encoder.config.num_hidden_layers)
 
     def inv_temperature(self) -> torch.Tensor:
@@ -73,12 +78,15 @@ class BiEncoder(nn.Module):
         return Encoded(F.normalize(pooled.float(), dim=-1), last if hidden else None)
 
     def encode_queries(self, batch: EncoderBatch, hidden: bool = False) -> Encoded:
+        """Pooled unit vectors of (head text, relation) batches; ``hidden`` also keeps the token features."""
         return self._encode(self.hr_encoder, batch, hidden)
 
     def encode_entities(self, batch: EncoderBatch, hidden: bool = False) -> Encoded:
+        """Pooled unit vectors of entity-text batches; ``hidden`` also keeps the token features."""
         return self._encode(self.tail_encoder, batch, hidden)
 
     def parameter_counts(self) -> dict[str, int]:
+        """Parameters of both encoders, with and without the embeddings."""
         return {"total": count_parameters(self),
                 "non_embedding": count_parameters(self, exclude_embeddings=True)}
 
@@ -151,6 +159,7 @@ class BiEncoder(nn.Module):
 
 
 def load_model_tokenizer(folder: str | Path):
+    """The tokenizer saved in a model folder's ``tokenizer/``."""
     folder = Path(folder)
     if not (folder / "tokenizer").is_dir():
         raise CheckpointError(f"{folder}: no tokenizer/ folder")

@@ -32,6 +32,7 @@ def resolve_plm(plm: str) -> Path:
 
 
 def load_tokenizer(path: str | Path):
+    """A PLM folder's tokenizer (fast when available)."""
     from transformers import AutoTokenizer
 
     try:
@@ -41,6 +42,7 @@ def load_tokenizer(path: str | Path):
 
 
 def load_encoder(path: str | Path) -> nn.Module:
+    """A PLM folder's encoder, without its pooler."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -54,6 +56,7 @@ def load_encoder(path: str | Path) -> nn.Module:
 
 
 def encoder_from_config(config_dict: dict) -> nn.Module:
+    """An encoder of the architecture a saved config describes, randomly initialised (weights are loaded after)."""
     from transformers import AutoConfig, AutoModel
 
     config_dict = dict(config_dict)
@@ -71,6 +74,7 @@ def drop_pooler(model: nn.Module) -> None:
 
 
 def num_layers(encoder: nn.Module) -> int:
+    """Number of transformer layers of an encoder."""
     return int(encoder.config.num_hidden_layers)
 
 
@@ -96,6 +100,8 @@ def choose_layers(teacher_layers: int, student_layers: int, choice: str = "even"
 
 
 def validate_layer_map(layer_map: list[int], source_layers: int) -> None:
+    """A layer map is non-empty, in range and strictly increasing, else a :class:`ConfigError` naming
+    ``model.layer_map``."""
     if not layer_map:
         raise ConfigError("config key 'model.layer_map': empty")
     bad = [i for i in layer_map if not 0 <= i < source_layers]
@@ -133,6 +139,7 @@ def build_student_encoder(source: nn.Module, layer_map: list[int]) -> nn.Module:
 
 
 def count_parameters(module: nn.Module, exclude_embeddings: bool = False) -> int:
+    """Number of parameters of a module (embeddings left out with ``exclude_embeddings``)."""
     total = 0
     for name, param in module.named_parameters():
         if exclude_embeddings and "embeddings" in name:

@@ -11,6 +11,7 @@ from ..errors import CheckpointError
 from ..io import atomic_write_json
 
 STATE_DIR = "trainer_state"
+LAST, BEST = "checkpoint-last", "checkpoint-best"  # a run folder's two checkpoints
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -50,6 +51,8 @@ def save_training_state(folder: Path, optimizer, scheduler, objective_state: dic
 
 
 def load_training_state(folder: Path, optimizer, scheduler) -> tuple[dict[str, torch.Tensor], dict]:
+    """Restore the optimiser, scheduler and RNG from a checkpoint folder; returns the objective's tensors and the
+    progress record."""
     out = folder / STATE_DIR
     if not (out / "state.json").is_file():
         raise CheckpointError(f"{folder}: no {STATE_DIR}/state.json; cannot resume from it")

@@ -1,11 +1,38 @@
-"""The teacher's objective: SimKGC's InfoNCE on the bi-encoder's vectors."""
+"""What the trainer trains (:class:`Objective`), and the teacher's objective: SimKGC's InfoNCE on the bi-encoder's
+vectors."""
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..data.batching import TrainBatch
 from ..losses.contrastive import InfoNCELoss
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """An ``nn.Module`` the trainer optimises: ``model`` is the bi-encoder being trained (saved in checkpoints);
+    ``objective(batch, step)`` returns the loss and a dict of numbers to log; ``validation_loss(batch)`` the loss and
+    logits of a validation batch; ``needs_heads`` says whether batches must carry the head-alone text.
+
+    An objective may also have ``cached_step(batch, chunk) -> (loss, logs)``, which back-propagates itself chunk by
+    chunk (``train.gradient_cache_chunk``); the trainer refuses that key for an objective without it."""
+
+    model: nn.Module
+
+    @property
+    def needs_heads(self) -> bool: ...
+
+    def __call__(self, batch: TrainBatch, step: int = 0) -> tuple[torch.Tensor, dict]: ...
+
+    def validation_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def supports_cached_step(objective) -> bool:
+    """Whether ``objective`` has the optional gradient-cache step."""
+    return callable(getattr(objective, "cached_step", None))
 
 
 def _rng_state() -> tuple:
@@ -28,6 +55,7 @@ class ContrastiveObjective(nn.Module):
 
     @property
     def needs_heads(self) -> bool:
+        """Whether batches carry the head-alone text (for self-negatives)."""
         return self.loss.config.self_negative
 
     def forward(self, batch: TrainBatch, step: int = 0) -> tuple[torch.Tensor, dict]:
@@ -63,6 +91,7 @@ class ContrastiveObjective(nn.Module):
         return loss.detach(), {}
 
     def validation_loss(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_CE and logits on a validation batch (no margin, in-batch negatives only)."""
         hr = self.model.encode_queries(batch.hr).vectors
         tail = self.model.encode_entities(batch.tail).vectors
         return self.loss(hr, tail, None, batch)

@@ -1,11 +1,14 @@
 """The training loop shared by the teacher and every distillation stage.
 
-An *objective* is an ``nn.Module`` holding the model being trained (``objective.model``) and whatever else its loss
-needs (a frozen teacher, a generation head, a pre-batch queue); ``objective(batch)`` returns the loss and a dict of
-numbers to log. The trainer owns optimisation, precision, progress, validation, checkpoints and resume.
+An *objective* (:class:`~kgdistill.training.objectives.Objective`) is an ``nn.Module`` holding the model being
+trained (``objective.model``) and whatever else its loss needs (a frozen teacher, a generation head, a pre-batch
+queue); ``objective(batch)`` returns the loss and a dict of numbers to log. The trainer owns optimisation, precision,
+validation and resume; the JSONL log, the progress bar and checkpointing are callbacks
+(:mod:`~kgdistill.training.callbacks`), and a job may add its own.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,17 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import RunConfig
 from ..data.batching import BatchOrder, ExampleSet
 from ..errors import CheckpointError, KGDistillError
 from ..io import atomic_write_json, atomic_write_text, environment_info, recover_dir
-from ..runtime import autocast, pick_device, precision_info
-from . import distributed
-from .checkpoint import load_training_state, save_training_state
-
-LAST, BEST = "checkpoint-last", "checkpoint-best"
+from ..results import Result
+from ..runtime import autocast, pick_device, precision_info, set_threads
+from .callbacks import LOG_NAME, Callback, Checkpointing, JsonlLog, ProgressBar, StepEnd
+from .checkpoint import BEST, LAST, load_training_state, save_training_state
+from .objectives import Objective, supports_cached_step
 
 
 class NonFiniteLossError(KGDistillError):
@@ -60,7 +63,10 @@ def step_seed(seed: int, step: int) -> int:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(Result):
+    """One training run's summary (``train_summary.json``): steps done, time, speed, last loss, best validation
+    accuracy@1 and the batches skipped for a non-finite loss."""
+
     steps: int
     seconds: float
     samples_per_second: float
@@ -68,12 +74,28 @@ class TrainResult:
     best_valid: float | None
     skipped_batches: int
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def table(self) -> str:
+        return (f"{self.steps} steps in {self.seconds:.0f} s ({self.samples_per_second:.1f} samples/s), final loss "
+                f"{self.final_loss:.4f}")
+
+    def save(self, folder: str | Path) -> Path:
+        """``train_summary.json``."""
+        atomic_write_json(Path(folder) / "train_summary.json", self.to_dict())
+        return Path(folder)
+
 
 class Trainer:
-    def __init__(self, run_dir: str | Path, config: RunConfig, objective, train_set: ExampleSet,
+    """Trains an objective's model for ``total_steps`` (default ``train.max_steps`` or epochs), with validation,
+    checkpoints and resume."""
+
+    def __init__(self, run_dir: str | Path, config: RunConfig, objective: Objective, train_set: ExampleSet,
                  valid_set: ExampleSet | None, tokenizer, total_steps: int | None = None, lr: float | None = None,
-                 progress: bool = True, on_step=None):
-        self.on_step = on_step  # on_step(steps done here, steps left, seconds so far): progress estimates
+                 progress: bool = True, callbacks: list[Callback] | None = None, fused_optimizer: bool = False):
+        self.callbacks = list(callbacks or [])  # after the trainer's own: JSONL log, progress bar, checkpointing
+        self._running: list[Callback] | None = None  # all of them, while train() runs
         self.run_dir = Path(run_dir)
         self.config = config
         self.objective = objective
@@ -82,8 +104,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.progress = progress
         tc = config.train
-        if tc.num_threads:
-            torch.set_num_threads(tc.num_threads)
+        set_threads(tc.num_threads)
         self.device = pick_device(tc.device)
         self.objective.to(self.device)
         if tc.compile:
@@ -96,7 +117,8 @@ class Trainer:
                                  f"{len(train_set)} training examples")
         self.total_steps = total_steps or tc.max_steps or math.ceil(tc.epochs * self.steps_per_epoch)
         params = [p for p in objective.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=lr or tc.lr, weight_decay=tc.weight_decay, foreach=True)
+        self.optimizer = torch.optim.AdamW(params, lr=lr or tc.lr, weight_decay=tc.weight_decay,
+                                           **({"fused": True} if fused_optimizer else {"foreach": True}))
         warmup = min(tc.warmup_steps, max(self.total_steps // 10, 1)) if tc.warmup_steps else 0
 
         def schedule(step: int) -> float:
@@ -119,6 +141,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.step_module = DistributedDataParallel(self.objective, find_unused_parameters=True)
+        self.cached_chunk = tc.gradient_cache_chunk
+        if self.cached_chunk is not None and not supports_cached_step(objective):
+            raise KGDistillError(f"config key 'train.gradient_cache_chunk': {type(objective).__name__} has no "
+                                 f"gradient-cache step; leave the key unset for this job")
         self.progress = progress and self.rank == 0
 
     # ------------------------------------------------------------------ data order
@@ -133,6 +159,7 @@ class Trainer:
                 if not k.startswith(("model.", "teacher."))}
 
     def save(self, name: str = LAST) -> None:
+        """Write ``checkpoint-last`` (with the training state, for resume) or ``checkpoint-best`` (the model alone)."""
         if self.rank != 0:
             return
         progress = {"step": self.step, "best_valid": self.best_valid, "skipped": self.skipped,
@@ -143,6 +170,8 @@ class Trainer:
 
         self.objective.model.save(self.run_dir / name, self.tokenizer,
                                   extra=extra if name == LAST else None)
+        for callback in self.callbacks_in_use:
+            callback.on_save(self, name, self.run_dir / name)
 
     def resume(self) -> bool:
         """Restore the last checkpoint if there is one; returns whether training resumed."""
@@ -165,7 +194,7 @@ class Trainer:
             raise CheckpointError(f"{folder}: saved for {progress.get('total_steps')} steps but this run has "
                                   f"{self.total_steps}; resume with the same config")
         self.step = int(progress["step"])
-        log_path = self.run_dir / "train_log.jsonl"
+        log_path = self.run_dir / LOG_NAME
         if log_path.is_file():  # drop records of steps after the checkpoint: they are redone
             kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and _logged_step(line) <= self.step]
@@ -197,77 +226,89 @@ class Trainer:
         return {"valid_loss": float(np.mean(losses)), "valid_acc@1": hits1 / max(n, 1)}
 
     # ------------------------------------------------------------------ loop
+    @property
+    def callbacks_in_use(self) -> list[Callback]:
+        """The callbacks of the running ``train`` call: the trainer's own, then the job's."""
+        return self._running if self._running is not None else self.callbacks
+
+    def train_step(self, batch) -> tuple[torch.Tensor, dict]:
+        """One optimisation step on ``batch``, as :meth:`train` takes it: forward under autocast (chunk by chunk with
+        the gradient cache), backward, clipping, the optimiser and the schedule. A non-finite loss is skipped with
+        ``train.skip_nonfinite``, else it raises :class:`NonFiniteLossError`. Returns the loss and the numbers to
+        log."""
+        tc = self.config.train
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, tc.precision):
+            if self.cached_chunk is not None:  # the objective back-propagates chunk by chunk itself
+                loss, logs = self.objective.cached_step(batch.to(self.device), self.cached_chunk)
+            else:
+                loss, logs = self.step_module(batch.to(self.device), step=self.step)
+        if not torch.isfinite(loss):
+            if not tc.skip_nonfinite:
+                raise NonFiniteLossError(
+                    f"non-finite loss ({float(loss.detach())}) at step {self.step}; last good checkpoint kept in "
+                    f"{self.run_dir / LAST} (lower train.lr or set train.skip_nonfinite=true)")
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            if self.cached_chunk is None:
+                loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.objective.parameters() if p.requires_grad], tc.grad_clip)
+            self.optimizer.step()
+            logs["grad_norm"] = float(grad_norm)
+        self.scheduler.step()
+        return loss, logs
+
     def train(self) -> TrainResult:
+        """Run the remaining steps; returns the summary, also written as ``train_summary.json``."""
         tc = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.run_dir / "train_log.jsonl"
         self.objective.train()
         validate_every = tc.validate_every or self.steps_per_epoch
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
-                   dynamic_ncols=True)
+        self._running = [JsonlLog(), ProgressBar(), Checkpointing(), *self.callbacks]
         start_time, start_step, last_loss, window = time.perf_counter(), self.step, float("nan"), []
-        with open(log_path if self.rank == 0 else os.devnull, "a", encoding="utf-8") as log:
+        result = None
+        try:
+            for callback in self._running:
+                callback.on_train_begin(self)
             while self.step < self.total_steps:
                 torch.manual_seed(step_seed(self.config.seed, self.step))
                 batch = self.train_set.batch(self._rows(self.step), with_heads=self.objective.needs_heads)
                 t0 = time.perf_counter()
-                cached = tc.gradient_cache_chunk is not None and hasattr(self.objective, "cached_step")
-                self.optimizer.zero_grad(set_to_none=True)
-                with autocast(self.device, tc.precision):
-                    if cached:  # the objective back-propagates chunk by chunk itself
-                        loss, logs = self.objective.cached_step(batch.to(self.device), tc.gradient_cache_chunk)
-                    else:
-                        loss, logs = self.step_module(batch.to(self.device), step=self.step)
-                if not torch.isfinite(loss):
-                    if not tc.skip_nonfinite:
-                        bar.close()
-                        raise NonFiniteLossError(
-                            f"non-finite loss ({float(loss.detach())}) at step {self.step}; last good checkpoint kept in "
-                            f"{self.run_dir / LAST} (lower train.lr or set train.skip_nonfinite=true)")
-                    self.skipped += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                else:
-                    if not cached:
-                        loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
-                        [p for p in self.objective.parameters() if p.requires_grad], tc.grad_clip)
-                    self.optimizer.step()
-                    logs["grad_norm"] = float(grad_norm)
-                self.scheduler.step()
+                loss, logs = self.train_step(batch)
                 self.step += 1
                 last_loss = float(loss.detach())
                 window.append(time.perf_counter() - t0)
+                record = None
                 if self.step % tc.log_every == 0 or self.step == self.total_steps:
                     rate = len(batch) * len(window) / max(sum(window), 1e-9)
                     window = []
                     record = {"step": self.step, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0],
-                              "samples_per_s": rate, "inv_t": float(self.objective.model.inv_temperature().detach()), **logs}
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    bar.set_postfix(loss=f"{last_loss:.3f}", sps=f"{rate:.0f}")
+                              "samples_per_s": rate, "inv_t": float(self.objective.model.inv_temperature().detach()),
+                              **logs}
+                metrics = None
                 if (self.step % validate_every == 0 or self.step == self.total_steps) and self.rank == 0:
-                    metrics = self.validate()
+                    metrics = self.validate() or None
                     if metrics:
-                        log.write(json.dumps({"step": self.step, **metrics}) + "\n")
-                        log.flush()
-                        if self.best_valid is None or metrics["valid_acc@1"] > self.best_valid:
-                            self.best_valid = metrics["valid_acc@1"]
-                            self.save(BEST)
-                if self.step % tc.checkpoint_every == 0 or self.step == self.total_steps:
-                    self.save(LAST)
-                bar.update(1)
-                if self.on_step is not None:
-                    self.on_step(self.step - start_step, self.total_steps - self.step, time.perf_counter() - start_time)
-        bar.close()
-        seconds = time.perf_counter() - start_time
-        done = self.step - start_step
-        result = TrainResult(self.step, seconds, done * self.batch_size / max(seconds, 1e-9), last_loss,
-                             self.best_valid, self.skipped)
+                        for callback in self._running:
+                            callback.on_validate(self, metrics)
+                end = StepEnd(self.step, self.step - start_step, self.total_steps - self.step,
+                              time.perf_counter() - start_time, last_loss, record, metrics)
+                for callback in self._running:
+                    callback.on_step_end(self, end)
+            seconds = time.perf_counter() - start_time
+            done = self.step - start_step
+            result = TrainResult(self.step, seconds, done * self.batch_size / max(seconds, 1e-9), last_loss,
+                                 self.best_valid, self.skipped)
+        finally:
+            running, self._running = self._running, None
+            for callback in running:
+                callback.on_train_end(self, result)
         if self.rank == 0:
-            atomic_write_json(self.run_dir / "train_summary.json", result.__dict__)
+            result.save(self.run_dir)
         distributed.barrier()
         return result
-
 
 def _logged_step(line: str) -> int:
     try:

@@ -13,18 +13,22 @@ import torch.distributed as dist
 
 
 def active() -> bool:
+    """Whether a process group of more than one process is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
+    """This process's rank (0 when alone)."""
     return dist.get_rank() if active() else 0
 
 
 def world_size() -> int:
+    """Number of processes (1 when alone)."""
     return dist.get_world_size() if active() else 1
 
 
 def is_main() -> bool:
+    """Whether this is rank 0, the one that writes files."""
     return rank() == 0
 
 
@@ -45,6 +49,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def gather_array(x: np.ndarray) -> np.ndarray:
+    """Concatenate an integer array from every rank in rank order (no gradients)."""
     tensor = torch.as_tensor(x, dtype=torch.long)
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor)
@@ -52,5 +57,6 @@ def gather_array(x: np.ndarray) -> np.ndarray:
 
 
 def barrier() -> None:
+    """Wait for every rank; a no-op for a single process."""
     if active():
         dist.barrier()

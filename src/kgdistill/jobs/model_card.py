@@ -8,11 +8,11 @@ from pathlib import Path
 
 import yaml
 
-from ..api import load_run_config, resolve_model_dir
-from ..data.dataset import ALIASES
+from ..data.loading import ALIASES
 from ..errors import CheckpointError, KGDistillError
 from ..io import atomic_write_text
 from ..models.plm import resolve_plm
+from .saved import load_run_config, resolve_model_dir
 
 CARD = "README.md"
 METRICS = ("mrr", "hits@1", "hits@3", "hits@10", "mr")

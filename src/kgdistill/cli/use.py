@@ -1,4 +1,4 @@
-"""CLI subcommands for using a trained model (predict, export, serve); registered by kgdistill.cli."""
+"""Subcommands that use a trained model: predict, export, serve."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.dataset import decode_lines
 from ..errors import KGDistillError
+from .checks import check_dataset
 
 MAX_QUERY_FILE_BYTES = 1 << 30
 
@@ -30,8 +31,7 @@ def _index_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_predictor(args, progress: bool = True):
-    from ..cli import check_dataset
-    from .predictor import Predictor
+    from ..inference.predictor import Predictor
 
     check_dataset(args.dataset)  # before the weights load
     return Predictor.from_pretrained(args.model, args.dataset, args.checkpoint, device=args.device,
@@ -107,7 +107,8 @@ def read_queries(path: str | Path) -> tuple[list[dict], list[int]]:
 
 
 def cmd_predict(args) -> None:
-    from .predictor import PredictionError
+    """``kgdistill predict``: one query, a triple's score, or a queries file."""
+    from ..inference.predictor import PredictionError
 
     if args.queries:
         if args.head or args.tail or args.relation:
@@ -145,28 +146,17 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .export import export_model
+    """``kgdistill export``."""
+    from ..inference.export import export_model
 
-    report = export_model(args.model, args.output, args.format, args.quantize, args.dataset, args.checkpoint,
+    result = export_model(args.model, args.output, args.format, args.quantize, args.dataset, args.checkpoint,
                           args.index_dtype, progress=True)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    print(f"exported ({args.format}{', int8' if args.quantize else ''}) to {report['output']}")
-    print(f"  entity index: {report['index']['entities']} entities, {report['index']['dtype']}")
-    if "int8_max_abs_diff_vs_fp32" in report:
-        d = report["int8_max_abs_diff_vs_fp32"]
-        print(f"  PyTorch int8 vs fp32 max abs diff: query {d['query']:.3e}, entity {d['entity']:.3e}")
-    if "onnx" in report:
-        d = report["onnx"]["max_abs_diff_vs_pytorch"]
-        print(f"  ONNX vs PyTorch max abs diff: query {d['query']:.3e}, entity {d['entity']:.3e}")
-        if "int8_max_abs_diff_vs_pytorch" in report["onnx"]:
-            d = report["onnx"]["int8_max_abs_diff_vs_pytorch"]
-            print(f"  ONNX int8 vs PyTorch fp32 max abs diff: query {d['query']:.3e}, entity {d['entity']:.3e}")
+    print(result.to_json() if args.json else result.table())
 
 
 def cmd_serve(args) -> None:
-    from .server import _require_fastapi, serve
+    """``kgdistill serve`` (blocking)."""
+    from ..inference.server import _require_fastapi, serve
 
     _require_fastapi()
     if not 1 <= args.port <= 65535:
@@ -186,7 +176,7 @@ def cmd_serve(args) -> None:
 
 
 def add_commands(sub) -> None:
-    """Add the inference subcommands to the ``kgdistill`` parser's subparsers."""
+    """Add the subcommands that use a trained model to the ``kgdistill`` parser's subparsers."""
     p = sub.add_parser("predict", help="top-k tails or heads of a query, or a triple's score",
                        description="Entities are ids, names, or a JSON object '{\"name\": ..., \"description\": ...}' "
                                    "for an unseen entity. Relations are ids or texts.")
@@ -208,7 +198,7 @@ def add_commands(sub) -> None:
     p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation of the Linear layers")
     p.add_argument("--output", required=True, help="export folder (created; a previous export is replaced)")
     p.add_argument("--index-dtype", default="fp32", choices=["fp32", "fp16"], help="default %(default)s")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP service (FastAPI): /predict/tails, /predict/heads, /score, "

@@ -1,0 +1,191 @@
+"""Subcommands that make run folders or measure: train, evaluate, distill, pipeline, bench, convert. Each prints its
+result's ``table()``, or ``to_dict()`` as JSON with ``--json``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .checks import (check_dataset, check_model, check_model_dataset, check_new_run, check_output_dir,
+                     check_student_dataset)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _config_args(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """--dataset, --config and key=value overrides; for the commands that train, also --plm, --preset, --seed."""
+    parser.add_argument("--dataset", help="bundled dataset name (wn18rr, fb15k-237) or a dataset folder")
+    if training:
+        parser.add_argument("--plm", help="'default' (packaged all-MiniLM-L6-v2) or a local Hugging Face model folder")
+        parser.add_argument("--preset", default="quick", help="quick (2 CPU cores) or paper (GPU); default %(default)s")
+    parser.add_argument("--config", help="YAML or JSON config file")
+    if training:
+        parser.add_argument("--seed", type=int)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-4")
+
+
+def _build_config(args):
+    from ..config import build_config, parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    if getattr(args, "dataset", None):
+        overrides.setdefault("data", {})["dataset"] = args.dataset
+    if getattr(args, "plm", None):
+        overrides.setdefault("model", {})["plm"] = args.plm
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    return build_config(getattr(args, "preset", "quick"), args.config, overrides)
+
+
+def _tracker_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracker", choices=["tensorboard", "mlflow"],
+                        help="also log training to TensorBoard or MLflow (optional extras); default none")
+
+
+def _print(result, as_json: bool) -> None:
+    print(result.to_json() if as_json else result.table())
+
+
+def cmd_train(args) -> None:
+    """``kgdistill train``."""
+    from ..jobs.train import train
+    from ..models.plm import resolve_plm
+
+    config = _build_config(args)
+    check_output_dir(args.output_dir, "--output-dir")
+    check_new_run(args.output_dir, args.resume)
+    check_dataset(config.data.dataset, config.data.format)
+    resolve_plm(config.model.plm)
+    _print(train(config, args.output_dir, resume=args.resume, evaluate_after=not args.no_eval, tracker=args.tracker),
+           args.json)
+
+
+def cmd_evaluate(args) -> None:
+    """``kgdistill evaluate``."""
+    from ..jobs.evaluate import evaluate
+
+    config = _build_config(args) if (args.overrides or args.config) else None
+    if config is not None:
+        config.eval.split = args.split
+    check_output_dir(args.output, "--output")
+    check_model_dataset(check_model(args.model, "--model", config.eval.checkpoint if config else "last"), args.dataset)
+    _print(evaluate(args.model, args.dataset, args.split, config, args.output), args.json)
+
+
+def cmd_distill(args) -> None:
+    """``kgdistill distill``."""
+    from ..distill.ladder import distill
+
+    config = _build_config(args)
+    check_output_dir(args.output_dir, "--output-dir")
+    check_new_run(args.output_dir, args.resume)
+    check_student_dataset(config, check_model(args.teacher, "--teacher"), args.dataset)
+    _print(distill(config, args.teacher, args.output_dir, layers=args.layers, mask_rate=args.mask_rate,
+                   resume=args.resume, dataset=args.dataset, tracker=args.tracker), args.json)
+
+
+def cmd_pipeline(args) -> None:
+    """``kgdistill pipeline``."""
+    from ..distill.ladder import pipeline
+    from ..models.plm import resolve_plm
+
+    config = _build_config(args)
+    check_output_dir(args.output_dir, "--output-dir")
+    if args.teacher:
+        check_student_dataset(config, check_model(args.teacher, "--teacher"), None)
+    else:
+        resolve_plm(config.model.plm)
+        check_dataset(config.data.dataset, config.data.format)
+    _print(pipeline(config, args.output_dir, teacher=args.teacher, tracker=args.tracker), args.json)
+
+
+def cmd_bench(args) -> None:
+    """``kgdistill bench`` (always JSON)."""
+    from ..benchmark import append_markdown, run, synthetic_streaming
+
+    if args.synthetic_entities:
+        results = synthetic_streaming(args.synthetic_entities, args.synthetic_queries, args.shards_dir,
+                                      args.shard_size, args.query_chunk)
+    else:
+        results = run(quick=args.quick, model_dir=args.model, repeats=args.repeats)
+    print(json.dumps(results, indent=1))
+    if args.append:
+        append_markdown(results, Path(args.append), "kgdistill bench " + " ".join(sys.argv[2:]))
+
+
+def cmd_convert(args) -> None:
+    """``kgdistill convert``."""
+    from ..data.loading import convert_dataset
+
+    kg = convert_dataset(args.dataset, args.output, args.format)
+    print(f"{kg.summary()}\nwritten in the kgdistill format to {args.output}")
+
+
+def add_commands(sub) -> None:
+    """Add the subcommands that make run folders or measure to the ``kgdistill`` parser's subparsers."""
+    p = sub.add_parser("train", help="train a SimKGC teacher and evaluate it")
+    _config_args(p)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip the test evaluation after training")
+    _tracker_arg(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="filtered ranking of a saved model over all entities")
+    _config_args(p, training=False)
+    p.add_argument("--model", required=True, help="run folder or model folder")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--output", help="folder for metrics.json (default: the run folder)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("distill", help="one PMD stage: a student taught by a trained model")
+    _config_args(p)
+    p.add_argument("--teacher", required=True, help="teacher run or model folder")
+    p.add_argument("--layers", type=int, help="student depth (default: the teacher's)")
+    p.add_argument("--mask-rate", type=float, help="MGFD mask rate (default: distill.pre_mask_rate)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--resume", action="store_true")
+    _tracker_arg(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("pipeline", help="teacher -> pre-distillation -> grades, with a report (resumable)")
+    _config_args(p)
+    p.add_argument("--output-dir", default="runs/pipeline")
+    p.add_argument("--teacher", help="reuse a trained teacher run instead of training one")
+    _tracker_arg(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("bench", help="measure matmul peak, encoder GFLOP/s, training and evaluation speed (JSON)")
+    p.add_argument("--quick", action="store_true", help="skip the full evaluation and fp32/batch-256 training")
+    p.add_argument("--model", help="a trained model for the evaluation split (default: the untrained PLM)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--append", metavar="FILE", help="append the results to a Markdown file (BENCHMARKS.md)")
+    p.add_argument("--synthetic-entities", type=_positive_int, metavar="N",
+                   help="only measure streaming evaluation: N random fp16 entity vectors in shards on disk "
+                        "(no encoding)")
+    p.add_argument("--synthetic-queries", type=_positive_int, default=2000, metavar="Q")
+    p.add_argument("--shards-dir", help="parent folder of the temporary shards (default: the system temp folder)")
+    p.add_argument("--shard-size", type=_positive_int, default=262_144)
+    p.add_argument("--query-chunk", type=_positive_int, default=1024)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("convert", help="write a dataset folder (SimKGC or KG-BERT layout, or ours) in the kgdistill "
+                                       "format")
+    p.add_argument("dataset", help="dataset folder (or a bundled dataset's name)")
+    p.add_argument("--output", required=True, help="new folder (absent or empty)")
+    p.add_argument("--format", default="auto", choices=["auto", "kgdistill", "simkgc", "kgbert"],
+                   help="layout of the source; default %(default)s (recognised by its files)")
+    p.set_defaults(func=cmd_convert)

@@ -1,0 +1,41 @@
+"""The evaluation jobs: a just-trained model in its run folder, or any saved model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import RunConfig
+from ..evaluation.ranking import EvaluationResult
+from ..models.biencoder import BiEncoder
+from ..runtime import pick_device
+from ..training.checkpoint import BEST
+from .context import DataContext
+from .saved import load_model, model_config, run_dir_of
+
+
+def evaluate_in_run(run_dir: Path, data: DataContext, model: BiEncoder, config: RunConfig,
+                    progress: bool = True) -> EvaluationResult:
+    """Evaluate a run's just-trained model (its best checkpoint with ``eval.checkpoint=best``); writes
+    ``metrics.json`` into the run folder."""
+    if config.eval.checkpoint == "best" and (run_dir / BEST).exists():
+        model = BiEncoder.load(run_dir / BEST)
+    result = data.evaluator().evaluate(model.to(pick_device(config.train.device)), progress=progress)
+    result.save(run_dir)
+    return result
+
+
+def evaluate(model_path: str | Path, dataset: str | None = None, split: str = "test", config: RunConfig | None = None,
+             output: str | Path | None = None, progress: bool = True) -> EvaluationResult:
+    """Filtered ranking of a saved model on ``split``; writes ``metrics.json`` beside the run (or into ``output``).
+
+    The model's own dataset and text settings apply unless ``dataset`` is given; ``config`` supplies only the
+    evaluation, device and precision settings."""
+    model, tokenizer, folder = load_model(model_path, (config.eval.checkpoint if config else "last"))
+    job = model_config(folder, dataset)
+    if config is not None:  # the caller's evaluation and device settings; the data settings the model was trained with
+        job.eval, job.train.device, job.train.precision = config.eval, config.train.device, config.train.precision
+    job.eval.split = split
+    data = DataContext(job, tokenizer)
+    device = pick_device(job.train.device)
+    result = data.evaluator(device).evaluate(model.to(device), split, progress=progress)
+    result.save(Path(output) if output else run_dir_of(folder))
+    return result

@@ -1,0 +1,113 @@
+"""What the training loop does besides optimising, as callbacks: the JSONL log (``train_log.jsonl``, the source of
+truth), the progress bar and checkpointing are the trainer's own; a job adds more (the ladder's time estimate,
+trackers).
+
+Per step the trainer calls, in order: ``on_validate`` when it validated at this step, then ``on_step_end``; every
+checkpoint written calls ``on_save``. ``on_train_begin`` and ``on_train_end`` frame a call of ``Trainer.train``;
+``on_train_end`` also runs when training stops with an error (``result`` None then).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from .checkpoint import BEST, LAST
+
+if TYPE_CHECKING:
+    from .trainer import Trainer, TrainResult
+
+LOG_NAME = "train_log.jsonl"
+
+
+@dataclass
+class StepEnd:
+    """One finished optimisation step, as callbacks see it."""
+
+    step: int  # steps done in all (a resumed run counts the earlier ones)
+    done: int  # steps done by this call of Trainer.train
+    left: int  # steps still to do
+    seconds: float  # since this call of Trainer.train began
+    loss: float
+    record: dict | None  # the step's log record (every train.log_every steps and the last), else None
+    validation: dict | None  # the validation metrics measured at this step, else None
+
+
+class Callback:
+    """Hooks of the training loop; every one is optional (they do nothing here)."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first step of a call of ``Trainer.train``."""
+
+    def on_validate(self, trainer: Trainer, metrics: dict) -> None:
+        """After a validation (rank 0), before ``on_step_end`` of the same step."""
+
+    def on_step_end(self, trainer: Trainer, step: StepEnd) -> None:
+        """After every optimisation step."""
+
+    def on_save(self, trainer: Trainer, name: str, folder: Path) -> None:
+        """After a checkpoint (``checkpoint-last`` or ``checkpoint-best``) was written to ``folder``."""
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult | None) -> None:
+        """After the last step, or when training stopped with an error (``result`` None)."""
+
+
+class JsonlLog(Callback):
+    """``train_log.jsonl``: a record every ``train.log_every`` steps and after every validation; rank 0 only."""
+
+    def __init__(self) -> None:
+        self.handle = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        self.handle = open(trainer.run_dir / LOG_NAME if trainer.rank == 0 else os.devnull, "a", encoding="utf-8")
+
+    def on_step_end(self, trainer: Trainer, step: StepEnd) -> None:
+        for record in (step.record, None if step.validation is None else {"step": step.step, **step.validation}):
+            if record is not None:
+                self.handle.write(json.dumps(record) + "\n")
+                self.handle.flush()
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult | None) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+class ProgressBar(Callback):
+    """The ``train`` progress bar (rank 0, when the trainer shows progress), with the last loss and samples/s."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="train", unit="step",
+                        disable=not trainer.progress, dynamic_ncols=True)
+
+    def on_step_end(self, trainer: Trainer, step: StepEnd) -> None:
+        if step.record is not None:
+            self.bar.set_postfix(loss=f"{step.loss:.3f}", sps=f"{step.record['samples_per_s']:.0f}")
+        self.bar.update(1)
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult | None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Checkpointing(Callback):
+    """``checkpoint-best`` whenever validation accuracy@1 improves; ``checkpoint-last`` every
+    ``train.checkpoint_every`` steps and after the last one (after that step's validation, so that it records it)."""
+
+    def on_validate(self, trainer: Trainer, metrics: dict) -> None:
+        if trainer.best_valid is None or metrics["valid_acc@1"] > trainer.best_valid:
+            trainer.best_valid = metrics["valid_acc@1"]
+            trainer.save(BEST)
+
+    def on_step_end(self, trainer: Trainer, step: StepEnd) -> None:
+        if step.step % trainer.config.train.checkpoint_every == 0 or step.left == 0:
+            trainer.save(LAST)

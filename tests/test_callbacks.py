@@ -1,0 +1,146 @@
+"""The trainer's callbacks: the order of the hooks, and the JSONL log, progress bar and checkpoints they carry."""
+from __future__ import annotations
+
+import json
+
+from kgdistill.training.callbacks import Callback
+from kgdistill.training.trainer import BEST, LAST
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_train_begin(self, trainer):
+        self.events.append(("begin", trainer.step))
+
+    def on_validate(self, trainer, metrics):
+        self.events.append(("validate", trainer.step, sorted(metrics)))
+
+    def on_step_end(self, trainer, step):
+        self.events.append(("step", step.step, step.done, step.left, step.record is not None,
+                            step.validation is not None))
+
+    def on_save(self, trainer, name, folder):
+        assert (folder / "model.json").is_file()
+        self.events.append(("save", trainer.step, name))
+
+    def on_train_end(self, trainer, result):
+        self.events.append(("end", None if result is None else result.steps))
+
+
+def test_hooks_come_in_order_and_the_log_stays_the_source_of_truth(tiny_config, tmp_path):
+    from kgdistill.api import train
+
+    recorder = Recorder()
+    config = tiny_config(train__max_steps=4, train__checkpoint_every=2, train__log_every=2, train__validate_every=2)
+    train(config, tmp_path / "run", evaluate_after=False, progress=False, callbacks=[recorder])
+    events = recorder.events
+    assert events[0] == ("begin", 0) and events[-1] == ("end", 4)
+    assert [e[1:4] for e in events if e[0] == "step"] == [(1, 1, 3), (2, 2, 2), (3, 3, 1), (4, 4, 0)]
+    validated = [e[1] for e in events if e[0] == "step" and e[5]]
+    assert validated == [2, 4] and [e[1] for e in events if e[0] == "validate"] == [2, 4]
+    for step in validated:  # a validation comes before the end of its step, the best checkpoint with it
+        assert events.index(("validate", step, ["valid_acc@1", "valid_loss"])) < \
+            events.index(next(e for e in events if e[0] == "step" and e[1] == step))
+    saves = [e[1:] for e in events if e[0] == "save"]
+    assert (2, LAST) in saves and (4, LAST) in saves and (2, BEST) in saves
+    assert saves.index((2, BEST)) < saves.index((2, LAST))  # checkpoint-last records that step's validation
+    lines = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [(x["step"], "loss" in x) for x in lines] == [(2, True), (2, False), (4, True), (4, False)]
+    assert [e[1] for e in events if e[0] == "step" and e[4]] == [2, 4]  # a record exactly where the log has one
+
+
+def test_the_end_hook_runs_when_training_fails(tiny_config, tmp_path, monkeypatch):
+    import pytest
+
+    from kgdistill.api import train
+    from kgdistill.training import trainer as trainer_module
+
+    def fail(self, batch):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", fail)
+    recorder = Recorder()
+    with pytest.raises(RuntimeError, match="boom"):
+        train(tiny_config(), tmp_path / "run", evaluate_after=False, progress=False, callbacks=[recorder])
+    assert recorder.events == [("begin", 0), ("end", None)]
+
+
+# ---------------------------------------------------------------------------------------------------- trackers
+class FakeWriter:
+    instances: list = []
+
+    def __init__(self, log_dir):
+        self.log_dir, self.scalars, self.closed = log_dir, [], False
+        FakeWriter.instances.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def _fake_mlflow():
+    import types
+
+    calls = []
+    module = types.ModuleType("mlflow")
+    for name in ("set_tracking_uri", "set_experiment", "start_run", "log_params", "log_metrics", "end_run"):
+        setattr(module, name, lambda *args, _name=name, **kwargs: calls.append((_name, args, kwargs)))
+    return module, calls
+
+
+def _log(run):
+    return [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_trackers_mirror_the_jsonl_log(tiny_config, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from kgdistill.api import train
+
+    board = types.ModuleType("torch.utils.tensorboard")
+    board.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", board)
+    FakeWriter.instances.clear()
+    config = tiny_config(train__max_steps=4, train__log_every=2, train__validate_every=2)
+    train(config, tmp_path / "tb", evaluate_after=False, progress=False, tracker="tensorboard")
+    (writer,) = FakeWriter.instances
+    assert writer.log_dir == str(tmp_path / "tb" / "tensorboard") and writer.closed
+    expected = [(f"{'train' if 'loss' in r else 'valid'}/{k}", float(v), r["step"])
+                for r in _log(tmp_path / "tb") for k, v in r.items() if k != "step"]
+    assert writer.scalars == expected and any(tag == "valid/valid_acc@1" for tag, _, _ in expected)
+
+    mlflow, calls = _fake_mlflow()
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train(config, tmp_path / "ml", evaluate_after=False, progress=False, tracker="mlflow")
+    names = [c[0] for c in calls]
+    assert names[:4] == ["set_tracking_uri", "set_experiment", "start_run", "log_params"] and names[-1] == "end_run"
+    assert calls[0][1][0] == (tmp_path / "ml" / "mlruns").resolve().as_uri()  # a local file store by default
+    assert calls[3][1][0]["train.lr"] == "0.001" and calls[-1][2] == {"status": "FINISHED"}
+    logged = [(c[1][0], c[2]["step"]) for c in calls if c[0] == "log_metrics"]
+    assert logged == [({f"{'train' if 'loss' in r else 'valid'}/{k}": float(v) for k, v in r.items() if k != "step"},
+                       r["step"]) for r in _log(tmp_path / "ml")]
+
+
+def test_a_missing_tracker_package_is_one_line_before_any_model_loads(tiny_plm, tiny_kg, tmp_path, cache_dir,
+                                                                     monkeypatch, capsys):
+    import sys
+
+    from conftest import tiny_overrides
+    from kgdistill.cli import main
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
+    monkeypatch.setattr("kgdistill.jobs.train.build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    rc = main(["train", "--preset", "", "--dataset", str(tiny_kg), "--plm", str(tiny_plm), "--output-dir",
+               str(tmp_path / "run"), "--tracker", "mlflow", *tiny_overrides()])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("kgdistill: error: tracker 'mlflow': needs the package mlflow")
+    assert not (tmp_path / "run").exists()
