@@ -3,7 +3,7 @@
     python bench/train_speed.py --steps 8 --batch-size 128 --json-out runs/train-speed.json
 
 Baseline: precision=auto (bf16 autocast only on a CPU with native bf16, else fp32), foreach AdamW, self-negatives on,
-no length bucketing, no torch.compile, all threads. Each
+padded batches (``train.packing=false``), no length bucketing, no torch.compile, all threads. Each
 variant changes one thing; samples/s is the median over ``--steps`` teacher steps after ``--warmup`` steps
 (:func:`kgdistill.benchmark.train_rate`). For compile, the extra warm-up seconds and the steps needed to earn them
 back are given; for bucketing, the epoch's padding waste (fraction of pad tokens) with and without. Bucketed steps
@@ -29,7 +29,10 @@ from kgdistill.models.plm import load_tokenizer, resolve_plm
 from kgdistill.runtime import precision_info
 
 VARIANTS = {  # name -> (what it changes, settings over the baseline)
-    "baseline": ("precision auto, foreach AdamW, self-negatives, no bucketing, no compile, all threads", {}),
+    "baseline": ("precision auto, foreach AdamW, self-negatives, padded batches (no packing), no bucketing, "
+                 "no compile, all threads", {}),
+    "packing": ("train.packing=true: padding-free rows, block-diagonal attention (the new default)", {"packing": True}),
+    "packing-fp32": ("train.packing=true with train.precision=fp32", {"packing": True, "precision": "fp32"}),
     "fp32": ("train.precision=fp32 (no autocast)", {"precision": "fp32"}),
     "bf16": ("train.precision=bf16 (autocast, emulated where the CPU has no native bf16)", {"precision": "bf16"}),
     "bucketing": ("train.length_bucketing=true", {"bucketing": True}),
@@ -55,6 +58,7 @@ def measure(base, data: DataContext, settings: dict, args) -> dict:
     """One variant: its samples/s and every step's seconds (warm-up first)."""
     config = copy.deepcopy(base)
     config.train.length_bucketing = settings.get("bucketing", False)
+    config.train.packing = settings.get("packing", False)
     config.train.compile = settings.get("compile", False)
     config.loss.self_negative = settings.get("self_negative", True)
     torch.set_num_threads(settings.get("threads", args.threads))

@@ -47,3 +47,29 @@ def test_packing_keeps_gradients(tiny_plm):
     mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 3 + [0] * 3, [1] * 1 + [0] * 5])
     encode_packed(encoder, ids * mask, mask).sum().backward()
     assert encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_packed_loss_and_gradients_equal_padded(tiny_config):
+    """train.packing changes how a batch is laid out, not what is learnt: the same InfoNCE loss and gradients (eval
+    mode, so that dropout, drawn over a different layout, is out of the comparison)."""
+    import numpy as np
+
+    from kgdistill.api import DataContext, build_model
+    from kgdistill.losses.contrastive import InfoNCELoss
+    from kgdistill.training.objectives import ContrastiveObjective
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    model, tokenizer = build_model(config)
+    data = DataContext(config, tokenizer)
+    objective = ContrastiveObjective(model, InfoNCELoss(model, config.loss, data.known_train, 8)).eval()
+    batch = data.train_set().batch(np.arange(8), with_heads=True)
+    results = {}
+    for packing in (False, True):
+        model.packing = packing
+        model.zero_grad()
+        loss, _ = objective(batch)
+        loss.backward()
+        results[packing] = (loss.detach(), model.hr_encoder.embeddings.word_embeddings.weight.grad.clone())
+    assert torch.allclose(results[True][0], results[False][0], atol=1e-5)
+    assert torch.allclose(results[True][1], results[False][1], atol=1e-5)

@@ -20,6 +20,7 @@ from torch import nn
 from ..data.batching import EncoderBatch
 from ..errors import CheckpointError
 from ..io import atomic_write_json, recover_dir, replace_dir, verify_manifest, write_manifest
+from .packing import can_pack, encode_packed
 from .plm import count_parameters, encoder_from_config, load_tokenizer
 
 FORMAT = "kgdistill-biencoder"
@@ -50,6 +51,7 @@ class BiEncoder(nn.Module):
         self.log_inv_t = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)),
                                       requires_grad=learnable_temperature)
         self.info = dict(info or {})  # provenance: plm, layer map, teacher; saved in model.json
+        self.packing = False  # padding-free encoding (models.packing); a runtime choice, not saved
 
     @property
     def hidden_size(self) -> int:
@@ -66,10 +68,13 @@ class BiEncoder(nn.Module):
         return self.log_inv_t.exp().clamp(1.0, self.max_inv_temperature)
 
     def _encode(self, encoder: nn.Module, batch: EncoderBatch, hidden: bool) -> Encoded:
-        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if batch.token_type_ids is not None:
-            kwargs["token_type_ids"] = batch.token_type_ids
-        last = encoder(**kwargs).last_hidden_state
+        if self.packing and can_pack(encoder):
+            last = encode_packed(encoder, batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        else:
+            kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            if batch.token_type_ids is not None:
+                kwargs["token_type_ids"] = batch.token_type_ids
+            last = encoder(**kwargs).last_hidden_state
         if self.pooling == "cls":
             pooled = last[:, 0]
         else:

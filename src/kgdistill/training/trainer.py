@@ -25,6 +25,7 @@ from ..config import RunConfig
 from ..data.batching import BatchOrder, ExampleSet
 from ..errors import CheckpointError, KGDistillError
 from ..io import atomic_write_json, atomic_write_text, environment_info, recover_dir
+from ..models.biencoder import BiEncoder
 from ..results import Result
 from ..runtime import autocast, pick_device, precision_info, set_threads
 from .callbacks import LOG_NAME, Callback, Checkpointing, JsonlLog, ProgressBar, StepEnd
@@ -43,8 +44,6 @@ def compile_encoders(objective: torch.nn.Module) -> None:
     Compilation is lazy, so a trivial function is compiled first: a machine where inductor cannot build kernels
     (no C++ compiler, say) fails here with one line rather than inside the first step.
     """
-    from ..models.biencoder import BiEncoder
-
     try:
         torch.compile(lambda x: x * 2 + 1, dynamic=True)(torch.ones(3, device=next(objective.parameters()).device))
     except Exception as exc:  # inductor raises many types (BackendCompilerFailed, InvalidCxxCompiler, ...)
@@ -107,6 +106,9 @@ class Trainer:
         set_threads(tc.num_threads)
         self.device = pick_device(tc.device)
         self.objective.to(self.device)
+        for module in self.objective.modules():  # student and (frozen) teacher alike
+            if isinstance(module, BiEncoder):
+                module.packing = tc.packing
         if tc.compile:
             compile_encoders(self.objective)
         self.batch_size = tc.batch_size
@@ -180,8 +182,6 @@ class Trainer:
             shutil.rmtree(stale, ignore_errors=True)  # half-written by a killed process
         if not folder.exists():
             return False
-        from ..models.biencoder import BiEncoder
-
         saved = BiEncoder.load(folder)
         self.objective.model.load_state_dict(saved.state_dict())
         objective_state, progress = load_training_state(folder, self.optimizer, self.scheduler)
