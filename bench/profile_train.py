@@ -57,6 +57,7 @@ def main() -> None:
     config.train.batch_size = args.batch_size
     precision = resolve_precision(args.precision, "cpu")
     model, tokenizer = build_model(config)
+    model.packing = config.train.packing  # as the trainer sets it
     data = DataContext(config, tokenizer)
     objective = ContrastiveObjective(model, InfoNCELoss(model, config.loss, data.known_train, args.batch_size)).train()
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-5, foreach=True)
@@ -97,13 +98,15 @@ def main() -> None:
         table.append(f"| {group} | {us / 1e6 / args.steps:.3f} | {us / self_total:.0%} |")
     table.append(f"| data (batch drawing, inclusive) | {data_us / 1e6 / args.steps:.3f} | - |")
     top = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    result = {"machine": machine_info(), "precision": precision, "batch_size": args.batch_size, "steps": args.steps,
+    result = {"machine": machine_info(), "precision": precision, "packing": config.train.packing,
+              "batch_size": args.batch_size, "steps": args.steps,
               "wall_s_per_step": wall / args.steps, "samples_per_s_under_profiler": args.batch_size * args.steps / wall,
               "groups_s_per_step": {g: us / 1e6 / args.steps for g, us in rows},
               "data_s_per_step": data_us / 1e6 / args.steps, "table": "\n".join(table), "top_ops": top}
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print(f"{precision}, batch {args.batch_size}, {wall / args.steps:.2f} s/step under the profiler\n")
+    print(f"{precision}, packing {config.train.packing}, batch {args.batch_size}, {wall / args.steps:.2f} s/step "
+          "under the profiler\n")
     print("\n".join(table))
     print(top)
 

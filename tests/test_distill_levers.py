@@ -199,6 +199,22 @@ def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
     assert "| direct |" in report.markdown()
 
 
+def test_pipeline_serving_grade_keeps_the_teachers_entity_encoder(tiny_config, tmp_path):
+    from kgdistill.distill.ladder import pipeline
+    from kgdistill.jobs.saved import load_model
+
+    config = tiny_config(train__max_steps=3, distill__stage_steps=2, distill__pre_distill=False,
+                         distill__grades=[{"layers": 2, "mask_rate": 0.0}], distill__serving_grade=True,
+                         model__init_from="teacher")
+    report = pipeline(config, tmp_path / "p", progress=False)
+    assert [(r["kind"], r["layers"], r["entity_layers"]) for r in report.rows] == [
+        ("teacher", 4, 4), ("pmd", 2, 2), ("query", 2, 4)]
+    serving, _, _ = load_model(tmp_path / "p/03-serving-query-2L")
+    teacher, _, _ = load_model(tmp_path / "p/00-teacher")
+    assert all(torch.equal(serving.tail_encoder.state_dict()[k], v) for k, v in teacher.tail_encoder.state_dict().items())
+    assert report.rows[2]["steps"] == report.rows[1]["steps"]
+
+
 def test_every_pipeline_grade_gets_a_model_card_matching_its_metrics(tiny_config, tmp_path):
     from kgdistill.distill.ladder import pipeline
     from kgdistill.jobs.model_card import front_matter

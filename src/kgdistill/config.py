@@ -148,6 +148,9 @@ class DistillConfig:
     # to a teacher training step); split evenly over the distillation stages. None: stage_steps for every stage.
     budget: float | None = None
     controls: list[str] = field(default_factory=list)  # per grade, also train: direct (same init, L_CE) | plm
+    # Also train the serving recipe at the smallest grade's depth: a query-only student (student_side=query) taught
+    # by the teacher, with the smallest grade's steps; its own row in the report.
+    serving_grade: bool = False
 
 
 @dataclass

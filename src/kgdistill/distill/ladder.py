@@ -167,7 +167,7 @@ class Stage:
     mask_rate: float | None  # None for the teacher and the controls
     steps: int | None
     lr: float | None
-    kind: str = "pmd"  # teacher | pmd | direct | plm
+    kind: str = "pmd"  # teacher | pmd | direct | plm | query (the serving grade)
     teacher: str | None = None  # the stage whose model teaches (or initialises) this one
     cost: float = 1.0  # one step's compute in teacher training steps (step_cost)
 
@@ -195,6 +195,10 @@ def plan(config: RunConfig, depth: int) -> list[Stage]:
             stages.append(Stage(f"{name}-{control}", layers, None, stage.steps, lr, control, previous.name,
                                 step_cost(layers, previous.layers, depth, direct=True)))
         previous = stage
+    if d.serving_grade and previous.kind == "pmd":
+        stages.append(Stage(f"{int(previous.name[:2]) + 1:02d}-serving-query-{previous.layers}L", previous.layers, 0.0,
+                            previous.steps, previous.lr, "query", stages[0].name,
+                            step_cost(previous.layers, depth, depth, query_only=True)))
     return stages
 
 
@@ -256,7 +260,9 @@ def pipeline(config: RunConfig, output_dir: str | Path, teacher: str | Path | No
                 train(config, stage_dir, resume=resume, progress=progress, callbacks=callbacks, tracker=tracker)
             else:
                 stage_config_ = copy.deepcopy(config)
-                if stage.kind != "pmd":
+                if stage.kind == "query":
+                    stage_config_.distill.student_side = "query"
+                elif stage.kind != "pmd":
                     stage_config_.distill.ablation = "direct"
                 if stage.kind == "plm":
                     stage_config_.model.init_from = "plm"

@@ -56,16 +56,18 @@ class Report(Result):
         """The rows as a Markdown table, MRR and Hits in %, with the change against the teacher."""
         teacher = self.rows[0]
         lines = ["| model | kind | layers (query/entity) | steps | train s | params (M) | non-emb (M) | size (MB) | "
-                 "entities/s | MRR | H@1 | H@3 | H@10 | MRR rerank | H@10 rerank | dMRR vs teacher | % of teacher |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "entities/s | queries/s | MRR | H@1 | H@3 | H@10 | MRR rerank | H@10 rerank | dMRR vs teacher | "
+                 "% of teacher |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             m, rr = r["no_rerank"], r.get("rerank", r["no_rerank"])
             delta = (m["mrr"] - teacher["no_rerank"]["mrr"]) * 100
             eps = f"{r['entities_per_s']:.0f}" if r["entities_per_s"] else "-"
+            qps = f"{r['queries_per_s']:.0f}" if r.get("queries_per_s") else "-"
             secs = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
             lines.append(f"| {r['name']} | {r.get('kind', 'pmd')} | {r['layers']}/{r.get('entity_layers', r['layers'])} | "
                          f"{r.get('steps') or '-'} | {secs} | {r['parameters'] / 1e6:.1f} | "
-                         f"{r['non_embedding_parameters'] / 1e6:.1f} | {r['size_mb']} | {eps} | {m['mrr'] * 100:.2f} | "
+                         f"{r['non_embedding_parameters'] / 1e6:.1f} | {r['size_mb']} | {eps} | {qps} | {m['mrr'] * 100:.2f} | "
                          f"{m['hits@1'] * 100:.2f} | {m['hits@3'] * 100:.2f} | {m['hits@10'] * 100:.2f} | "
                          f"{rr['mrr'] * 100:.2f} | {rr['hits@10'] * 100:.2f} | {delta:+.2f} | "
                          f"{100 * m['mrr'] / teacher['no_rerank']['mrr']:.1f} |")
@@ -82,7 +84,7 @@ class Report(Result):
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         styles = {"teacher": ("*", "k"), "pmd": ("o", "tab:blue"), "direct": ("s", "tab:orange"),
-                  "plm": ("^", "tab:red")}
+                  "plm": ("^", "tab:red"), "query": ("D", "tab:green")}
         for kind, (marker, colour) in styles.items():
             rows = [r for r in self.rows if r.get("kind", "pmd") == kind]
             if not rows:
@@ -92,7 +94,8 @@ class Report(Result):
                 xs = [(r[key] or 0) * scale for r in rows]
                 ax.plot(xs, mrr, marker=marker, color=colour, linestyle="-" if kind == "pmd" else "none",
                         label={"pmd": "PMD ladder", "direct": "direct (same init, L_CE)",
-                               "plm": "direct (PLM init)", "teacher": "teacher"}[kind])
+                               "plm": "direct (PLM init)", "teacher": "teacher",
+                               "query": "query-only student (teacher's entity index)"}[kind])
                 for x, y, r in zip(xs, mrr, rows):
                     ax.annotate(f"{r['layers']}L", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         for ax, label in ((axes[0], "parameters (M, both encoders)"),
