@@ -34,6 +34,7 @@ VARIANTS = {  # name -> (what it is, overrides over the quick preset)
                                                                   "distill.embedding_weight=1.0"]),
     "emb-top": ("emb, top layers kept", ["distill.embedding_weight=1.0", "model.layer_choice=top"]),
     "emb-bottom": ("emb, bottom layers kept", ["distill.embedding_weight=1.0", "model.layer_choice=bottom"]),
+    "emb-ends": ("emb, first and last layers kept", ["distill.embedding_weight=1.0", "model.layer_choice=ends"]),
 }
 
 

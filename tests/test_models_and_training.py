@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from kgdistill.errors import ConfigError
-from kgdistill.models.plm import build_student_encoder, even_layer_map, load_encoder
+from kgdistill.models.plm import build_student_encoder, choose_layers, even_layer_map, load_encoder
 
 
 def test_paper_layer_maps_and_even_spread():
@@ -18,6 +18,15 @@ def test_paper_layer_maps_and_even_spread():
     assert even_layer_map(6, 6) == list(range(6))
     with pytest.raises(ConfigError):
         even_layer_map(3, 6)
+
+
+def test_layer_choices_top_bottom_and_ends():
+    assert choose_layers(6, 2, "top") == [4, 5]
+    assert choose_layers(6, 2, "bottom") == [0, 1]
+    assert choose_layers(6, 2, "ends") == [0, 5]  # where the ladder 6 -> 5 -> 3 -> 2 of even choices arrives
+    assert choose_layers(6, 3, "ends") == [0, 2, 5]
+    assert choose_layers(12, 4, "ends") == [0, 4, 7, 11]
+    assert choose_layers(6, 1, "ends") == [5]
 
 
 def test_student_copies_the_mapped_layers(tiny_plm):

@@ -43,7 +43,7 @@ class ModelConfig:
     num_layers: int | None = None  # None: the PLM's depth; fewer builds a student from a layer map
     layer_map: list[int] | None = None  # explicit source layers; None: spread evenly (paper lists for 12 layers)
     init_from: str = "plm"  # plm (released PMD code) | teacher (the teacher's fine-tuned layers)
-    layer_choice: str = "even"  # which source layers a student keeps without a layer_map: even | top | bottom
+    layer_choice: str = "even"  # which source layers a student keeps without a layer_map: even | top | bottom | ends
 
 
 @dataclass
@@ -216,7 +216,7 @@ _CHOICES = {
     "distill.ablation": {"none", "direct", "no-mgfd", "fixed-mask", "logit-only"},
     "distill.embedding_loss": {"cosine", "mse"},
     "distill.student_side": {"both", "query"},
-    "model.layer_choice": {"even", "top", "bottom"},
+    "model.layer_choice": {"even", "top", "bottom", "ends"},
 }
 
 

@@ -85,7 +85,8 @@ def even_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
 
 def choose_layers(teacher_layers: int, student_layers: int, choice: str = "even") -> list[int]:
     """Which source layers a student keeps: ``even`` (spread over the depth, the paper's lists for 12 layers),
-    ``top`` (the last ones, nearest the pooled output) or ``bottom`` (the first ones, as DistilBERT-style truncation)."""
+    ``top`` (the last ones, nearest the pooled output), ``bottom`` (the first ones, as DistilBERT-style truncation) or
+    ``ends`` (first and last kept, the rest spread between: where a progressive ladder of even choices arrives)."""
     if student_layers > teacher_layers:
         raise ConfigError(f"a student of {student_layers} layers cannot be built from {teacher_layers} layers")
     if student_layers == teacher_layers:
@@ -94,6 +95,10 @@ def choose_layers(teacher_layers: int, student_layers: int, choice: str = "even"
         return list(range(teacher_layers - student_layers, teacher_layers))
     if choice == "bottom":
         return list(range(student_layers))
+    if choice == "ends":
+        if student_layers == 1:
+            return [teacher_layers - 1]
+        return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
     if teacher_layers == 12 and student_layers in PAPER_LAYER_MAPS:
         return list(PAPER_LAYER_MAPS[student_layers])
     return [int((i + 0.5) * teacher_layers / student_layers) for i in range(student_layers)]
