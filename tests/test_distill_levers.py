@@ -180,6 +180,14 @@ def test_budget_gives_cheap_grades_more_steps():
     assert sum(s.steps * s.cost for s in pmd) == pytest.approx(180, rel=0.05)
     controls = [s for s in stages if s.kind in ("direct", "plm")]
     assert len(controls) == 2 * len(pmd)
+    # clean input with MGFD on encodes the masked query and tail a second time (student and teacher): counted
+    masked = plan(build_config("quick", overrides={"distill": {"budget": 180, "student_input": "masked"}}), 6)
+    by_name = {s.name: s for s in masked}
+    for stage in pmd:
+        if stage.mask_rate:
+            assert stage.cost > by_name[stage.name].cost and stage.steps < by_name[stage.name].steps
+        else:  # no masking at 0 %: no extra passes
+            assert stage.cost == by_name[stage.name].cost
     for control in controls:
         grade = next(s for s in pmd if control.name.startswith(s.name))
         assert control.steps == grade.steps and control.teacher == grade.teacher
@@ -226,3 +234,15 @@ def test_every_pipeline_grade_gets_a_model_card_matching_its_metrics(tiny_config
         metrics = json.loads((tmp_path / "p" / stage / "metrics.json").read_text())
         first = card["model-index"][0]["results"][0]  # without re-ranking
         assert {m["type"]: m["value"] for m in first["metrics"]}["mrr"] == metrics["no_rerank"]["both"]["mrr"], stage
+
+
+def test_grade_lr_sets_the_shallow_grades_and_their_controls():
+    from kgdistill.config import build_config
+    from kgdistill.distill.ladder import plan
+
+    config = build_config("quick", overrides={"distill": {"grade_lr": 3e-4, "controls": ["direct"],
+                                                          "grades": [{"layers": 3, "mask_rate": 0.1},
+                                                                     {"layers": 2, "mask_rate": 0.0, "lr": 5e-4}]}})
+    lrs = {s.name: s.lr for s in plan(config, 6)}
+    assert lrs == {"00-teacher": None, "01-pre-distilled": None, "01-pre-distilled-direct": None,
+                   "02-grade1-3L": 3e-4, "02-grade1-3L-direct": 3e-4, "03-grade2-2L": 5e-4, "03-grade2-2L-direct": 5e-4}

@@ -117,7 +117,7 @@ def test_train_rate_runs_the_trainers_batches_with_its_options(tiny_config):
     config = tiny_config(loss__self_negative=False, train__length_bucketing=True, train__bucket_pool=2)
     data = DataContext(config, load_tokenizer(resolve_plm(config.model.plm)))
     times: list[float] = []
-    rate = train_rate(config, 8, "bf16", repeats=3, data=data, fused=True, warmup=2, times=times)
+    rate = train_rate(config, 8, "bf16", repeats=3, data=data, warmup=2, times=times)
     assert len(times) == 5 and rate > 0
     assert rate == pytest.approx(8 / np.median(times[2:]), rel=0.5)
 

@@ -69,13 +69,14 @@ def sequence_flops(config, attention_mask: torch.Tensor) -> float:
 
 
 def train_rate(config, batch_size: int, precision: str, repeats: int, layers: int | None = None, data=None,
-               fused: bool = False, warmup: int = 1, times: list[float] | None = None,
+               warmup: int = 1, times: list[float] | None = None,
                flops: list[float] | None = None) -> float:
     """Samples/s of full teacher (or student) steps on real WN18RR batches on the CPU: the trainer's own step
     (:meth:`~kgdistill.training.trainer.Trainer.train_step`) on batches drawn as it draws them
-    (``train.length_bucketing``, ``train.compile`` and ``loss.self_negative`` apply).
+    (``train.length_bucketing``, ``train.packing``, ``train.fast_dropout``, ``train.fused_optimizer``, ``train.compile``
+    and ``loss.self_negative`` apply).
 
-    ``data``: a DataContext of the same tokenizer, reused across calls; ``fused``: fused AdamW instead of foreach;
+    ``data``: a DataContext of the same tokenizer, reused across calls;
     ``times``: receives every step's seconds, the ``warmup`` steps first (where compilation shows);
     ``flops``: receives every step's training FLOPs over real tokens (forward + backward = 3 forward passes of each
     encoded sequence: query, tail and, with self-negatives, head)."""
@@ -90,8 +91,8 @@ def train_rate(config, batch_size: int, precision: str, repeats: int, layers: in
     data = data or DataContext(config, tokenizer)
     objective = ContrastiveObjective(model, InfoNCELoss(model, config.loss, data.known_train, batch_size))
     examples = data.train_set()
-    trainer = Trainer(tempfile.gettempdir(), config, objective, examples, None, tokenizer, progress=False,
-                      fused_optimizer=fused)  # train_step writes nothing to its run folder
+    trainer = Trainer(tempfile.gettempdir(), config, objective, examples, None, tokenizer,
+                      progress=False)  # train_step writes nothing to its run folder
     objective.train()
     order, steps = trainer.order, itertools.count()
 

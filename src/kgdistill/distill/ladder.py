@@ -88,9 +88,12 @@ def check_gradient_cache(config: RunConfig) -> None:
 
 
 def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_only: bool = False,
-              entity_layers: int | None = None, direct: bool = False) -> float:
+              entity_layers: int | None = None, direct: bool = False, masked_passes: bool = False) -> float:
     """Encoder layer passes of one stage step relative to one teacher training step (three sequences a sample:
-    query, tail, head; a trained pass costs about three forward passes, a frozen teacher's one)."""
+    query, tail, head; a trained pass costs about three forward passes, a frozen teacher's one).
+
+    ``masked_passes``: scores come from clean text and MGFD runs, so student and teacher encode the masked query
+    (and, unless only the query encoder is trained, the masked tail) once more."""
     entity_layers = entity_layers or teacher_layers
     if direct:
         passes = 9 * student_layers
@@ -98,6 +101,8 @@ def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_
         passes = 3 * student_layers + teacher_layers + 2 * entity_layers
     else:
         passes = 9 * student_layers + 3 * teacher_layers
+    if masked_passes and not direct:
+        passes += (3 * student_layers + teacher_layers) * (1 if query_only else 2)
     return passes / (9 * base_layers)
 
 
@@ -182,11 +187,13 @@ def plan(config: RunConfig, depth: int) -> list[Stage]:
     stages = [Stage("00-teacher", depth, None, None, None, kind="teacher")]
     pmd = [(depth, d.pre_mask_rate, None, None, "01-pre-distilled")] if d.pre_distill else []
     for i, grade in enumerate(d.grades or default_grades(depth), start=1):
-        pmd.append((grade.layers, grade.mask_rate, grade.steps, grade.lr, f"{i + 1:02d}-grade{i}-{grade.layers}L"))
+        lr = grade.lr if grade.lr is not None else (d.grade_lr if grade.layers < depth else None)
+        pmd.append((grade.layers, grade.mask_rate, grade.steps, lr, f"{i + 1:02d}-grade{i}-{grade.layers}L"))
     share = d.budget / max(len(pmd), 1) if d.budget else None
     previous = stages[0]
     for layers, rate, steps, lr, name in pmd:
-        cost = step_cost(layers, previous.layers, depth, query_only, entity_layers=depth)
+        masked_passes = d.student_input == "clean" and d.beta > 0 and rate > 0
+        cost = step_cost(layers, previous.layers, depth, query_only, entity_layers=depth, masked_passes=masked_passes)
         if steps is None and share is not None:
             steps = max(1, round(share / cost))
         stage = Stage(name, layers, rate, steps or d.stage_steps, lr, "pmd", previous.name, cost)

@@ -43,11 +43,14 @@ class DistillationObjective(nn.Module):
         self.use_mgfd = config.beta > 0 and mask_rate > 0
         self.query_only = student.info.get("student_side") == "query"
         self.embedding_loss = EmbeddingDistillLoss(config.embedding_loss)
-        if config.mgfd == "generative":
-            self.mgfd_hr = GenerativeMGFDLoss(student.hidden_size, teacher.hidden_size, config.generation_hidden)
-            self.mgfd_tail = GenerativeMGFDLoss(student.hidden_size, teacher.hidden_size, config.generation_hidden)
-        else:
-            self.mgfd_hr = self.mgfd_tail = PooledMGFDLoss()
+        # Generation heads only where MGFD runs: none at a 0 % mask rate, none for the teacher's frozen entity side.
+        self.mgfd_hr = self._mgfd_loss(student, teacher) if self.use_mgfd else None
+        self.mgfd_tail = self._mgfd_loss(student, teacher) if self.use_mgfd and not self.query_only else None
+
+    def _mgfd_loss(self, student, teacher) -> nn.Module:
+        if self.config.mgfd == "generative":
+            return GenerativeMGFDLoss(student.hidden_size, teacher.hidden_size, self.config.generation_hidden)
+        return PooledMGFDLoss()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -60,14 +63,16 @@ class DistillationObjective(nn.Module):
         return self.loss.config.self_negative
 
     def forward(self, batch: TrainBatch, step: int = 0) -> tuple[torch.Tensor, dict]:
+        clean = self.config.student_input == "clean"
         hr_in, hr_pos = mask_tokens(batch.hr, self.mask_rate, self.mask_token_id)
         tail_in, tail_pos = mask_tokens(batch.tail, self.mask_rate, self.mask_token_id)
-        head_in = mask_tokens(batch.head, self.mask_rate, self.mask_token_id)[0] if batch.head is not None else None
-        clean = self.config.student_input == "clean"
+        # The head-alone text is only scored, never fed to MGFD: clean input scores it unmasked.
+        head_in = (mask_tokens(batch.head, self.mask_rate, self.mask_token_id)[0]
+                   if batch.head is not None and not clean else None)
         # Scores are compared on the text both models score: masked (paper and code) or clean. With clean input the
         # masked text only feeds MGFD, so the teacher encodes it a second time just for its token features.
         score_hr, score_tail, score_head = (batch.hr, batch.tail, batch.head) if clean else (hr_in, tail_in, head_in)
-        mgfd_tail = self.use_mgfd and not self.query_only
+        mgfd_tail = self.mgfd_tail is not None
         with torch.no_grad():
             t_hr = self.teacher.encode_queries(score_hr, hidden=self.use_mgfd and not clean)
             t_tail = self.teacher.encode_entities(score_tail, hidden=mgfd_tail and not clean)

@@ -1,35 +1,26 @@
 """The ladder's report: one row per model, as JSON, Markdown and a plot of MRR against size and speed."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..jobs.saved import resolve_model_dir
+from ..jobs.saved import read_run_files
 from ..results import Result
 
 
 def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
-    model_dir = resolve_model_dir(run_dir)
-    meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    summary_path = run_dir / "train_summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    seconds = metrics.get("seconds", {})
-    info = meta.get("info", {})
+    files = read_run_files(run_dir)
+    meta, metrics, info = files.meta, files.metrics, files.info
     row = {
         "name": name, "kind": kind, "run_dir": str(run_dir), "layers": meta["num_layers"],
         "entity_layers": meta["tail_config"]["num_hidden_layers"], "student_side": info.get("student_side", "both"),
         "parameters": meta["parameters"]["total"], "non_embedding_parameters": meta["parameters"]["non_embedding"],
-        "size_mb": round((model_dir / "model.safetensors").stat().st_size / 2**20, 1),
-        "entities_per_s": (metrics["num_entities"] / seconds["encode_entities"]) if seconds.get("encode_entities") else None,
-        "queries_per_s": (2 * metrics["num_triples"] / seconds["encode_queries"])  # both directions
-        if seconds.get("encode_queries") else None,
-        "encode_seconds": seconds.get("encode_entities"),
+        "size_mb": files.size_mb, "entities_per_s": files.entities_per_s, "queries_per_s": files.queries_per_s,
+        "encode_seconds": (metrics.get("seconds") or {}).get("encode_entities"),
         "mask_rate": info.get("mask_rate"), "ablation": info.get("ablation", "none"),
         "initialised_from": info.get("initialised_from"), "layer_map": info.get("layer_map"),
-        "steps": summary.get("steps"), "train_seconds": summary.get("seconds"),
+        "steps": files.summary.get("steps"), "train_seconds": files.summary.get("seconds"),
     }
     for variant in ("no_rerank", "rerank"):
         if variant in metrics:

@@ -3,16 +3,15 @@ pipeline grade or an export folder, built from the files already there (model.js
 run.json, train_summary.json, export.json), so that a folder explains itself wherever it is copied."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
 from ..data.loading import ALIASES
-from ..errors import CheckpointError, KGDistillError
+from ..errors import KGDistillError
 from ..io import atomic_write_text
 from ..models.plm import resolve_plm
-from .saved import load_run_config, resolve_model_dir
+from .saved import RunFiles, load_run_config, read_run_files
 
 CARD = "README.md"
 METRICS = ("mrr", "hits@1", "hits@3", "hits@10", "mr")
@@ -34,19 +33,6 @@ def front_matter(text: str) -> dict:
         return {}
     data = yaml.safe_load(text[4:end])
     return data if isinstance(data, dict) else {}
-
-
-def _json(path: Path) -> dict:
-    """A JSON file of the folder; empty when absent (a run without evaluation has no metrics.json)."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise CheckpointError(f"{path}: not valid JSON; cannot write the model card") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object; cannot write the model card")
-    return data
 
 
 def _plm_licence(plm: str) -> str | None:
@@ -137,17 +123,16 @@ def _metrics_lines(metrics: dict) -> list[str]:
     return lines
 
 
-def _size_lines(model_dir: Path, meta: dict, metrics: dict, export: dict) -> list[str]:
+def _size_lines(files: RunFiles) -> list[str]:
+    meta, metrics, export, model_dir = files.meta, files.metrics, files.export, files.model_dir
     params = meta.get("parameters") or {}
-    weights = model_dir / "model.safetensors"
-    size = f"{weights.stat().st_size / 2**20:.1f} MB" if weights.is_file() else "-"
+    size = "-" if files.size_mb is None else f"{files.size_mb:.1f} MB"
     lines = [f"- {meta.get('num_layers')} layers, hidden size {meta.get('hidden_size')}, "
              f"{params.get('total', 0) / 1e6:.2f} M parameters in both encoders "
              f"({params.get('non_embedding', 0) / 1e6:.2f} M without embeddings), weights {size} (safetensors)."]
-    encode = (metrics.get("seconds") or {}).get("encode_entities")
-    if encode:
-        lines.append(f"- The test evaluation encoded all {metrics['num_entities']:,} entities in {encode:.1f} s "
-                     f"({metrics['num_entities'] / encode:,.0f} entities/s).")
+    if files.entities_per_s:
+        lines.append(f"- The test evaluation encoded all {metrics['num_entities']:,} entities in "
+                     f"{metrics['seconds']['encode_entities']:.1f} s ({files.entities_per_s:,.0f} entities/s).")
     if export:
         lines.append(f"- Exported as {export.get('export_format')}"
                      + (f", {export['quantize']} dynamic quantisation" if export.get("quantize") else "")
@@ -167,11 +152,8 @@ def write_model_card(folder: str | Path, name: str | None = None) -> Path:
     """
     folder = Path(folder)
     name = name or folder.name
-    model_dir = resolve_model_dir(folder)
-    meta = _json(model_dir / "model.json")
-    info = meta.get("info") or {}
-    metrics, run = _json(folder / "metrics.json"), _json(folder / "run.json")
-    summary, export = _json(folder / "train_summary.json"), _json(folder / "export.json")
+    files = read_run_files(folder)
+    model_dir, meta, info, metrics, export = files.model_dir, files.meta, files.info, files.metrics, files.export
     config = load_run_config(model_dir)
     dataset = export.get("dataset_name") or _dataset_name(
         config.data.dataset if config is not None else str(info.get("dataset", "unknown")))
@@ -202,9 +184,9 @@ def write_model_card(folder: str | Path, name: str | None = None) -> Path:
         f"entity and a relation, an entity encoder the text ({text_of}) of every entity; the answers to "
         "(head, relation, ?) and, through inverse relations, (?, relation, tail) are the entities whose vectors are "
         "nearest. Made with kgdistill (PyTorch, offline).", "",
-        "## Training", "", *_training_lines(config, meta, run, summary), "",
+        "## Training", "", *_training_lines(config, meta, files.run, files.summary), "",
         "## Test metrics", "", *_metrics_lines(metrics), "",
-        "## Size and speed", "", *_size_lines(model_dir, meta, metrics, export), "",
+        "## Size and speed", "", *_size_lines(files), "",
         "## How to use", "",
         "```python",
         "from kgdistill import Predictor",

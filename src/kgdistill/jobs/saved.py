@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -69,3 +70,62 @@ def load_model(path: str | Path, checkpoint: str = "last") -> tuple[BiEncoder, o
     """A saved bi-encoder, its tokenizer and the model folder they came from (see :func:`resolve_model_dir`)."""
     folder = resolve_model_dir(path, checkpoint)
     return BiEncoder.load(folder), load_model_tokenizer(folder), folder
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object of a run folder; empty when the file is absent (a run without evaluation has no metrics.json),
+    a :class:`CheckpointError` naming the file when it is not a JSON object."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise CheckpointError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+@dataclass
+class RunFiles:
+    """What a run folder (or pipeline grade, or export) says about its model: the one reader behind the ladder's
+    report rows and the model cards."""
+
+    folder: Path
+    model_dir: Path
+    meta: dict  # model.json
+    metrics: dict  # metrics.json
+    run: dict  # run.json
+    summary: dict  # train_summary.json
+    export: dict  # export.json
+
+    @property
+    def info(self) -> dict:
+        return self.meta.get("info") or {}
+
+    @property
+    def size_mb(self) -> float | None:
+        weights = self.model_dir / "model.safetensors"
+        return round(weights.stat().st_size / 2**20, 1) if weights.is_file() else None
+
+    def _rate(self, count: int, key: str) -> float | None:
+        seconds = (self.metrics.get("seconds") or {}).get(key)
+        return count / seconds if seconds else None
+
+    @property
+    def entities_per_s(self) -> float | None:
+        """Entities encoded per second during the test evaluation."""
+        return self._rate(self.metrics.get("num_entities", 0), "encode_entities")
+
+    @property
+    def queries_per_s(self) -> float | None:
+        """Queries encoded per second during the test evaluation (both directions)."""
+        return self._rate(2 * self.metrics.get("num_triples", 0), "encode_queries")
+
+
+def read_run_files(folder: str | Path) -> RunFiles:
+    folder = Path(folder)
+    model_dir = resolve_model_dir(folder)
+    return RunFiles(folder, model_dir, read_json_object(model_dir / "model.json"),
+                    *(read_json_object(folder / name) for name in
+                      ("metrics.json", "run.json", "train_summary.json", "export.json")))

@@ -26,6 +26,7 @@ from ..data.batching import BatchOrder, ExampleSet
 from ..errors import CheckpointError, KGDistillError
 from ..io import atomic_write_json, atomic_write_text, environment_info, recover_dir
 from ..models.biencoder import BiEncoder
+from ..models.fast_dropout import use_fast_dropout
 from ..results import Result
 from ..runtime import autocast, pick_device, precision_info, set_threads
 from .callbacks import LOG_NAME, Callback, Checkpointing, JsonlLog, ProgressBar, StepEnd
@@ -86,13 +87,24 @@ class TrainResult(Result):
         return Path(folder)
 
 
+def make_adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel where this torch has one for the parameters' device (1.07x a teacher step on
+    CPU, BENCHMARKS.md §5b), else the foreach implementation."""
+    if fused:
+        try:
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+            pass
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
 class Trainer:
     """Trains an objective's model for ``total_steps`` (default ``train.max_steps`` or epochs), with validation,
     checkpoints and resume."""
 
     def __init__(self, run_dir: str | Path, config: RunConfig, objective: Objective, train_set: ExampleSet,
                  valid_set: ExampleSet | None, tokenizer, total_steps: int | None = None, lr: float | None = None,
-                 progress: bool = True, callbacks: list[Callback] | None = None, fused_optimizer: bool = False):
+                 progress: bool = True, callbacks: list[Callback] | None = None):
         self.callbacks = list(callbacks or [])  # after the trainer's own: JSONL log, progress bar, checkpointing
         self._running: list[Callback] | None = None  # all of them, while train() runs
         self.run_dir = Path(run_dir)
@@ -109,6 +121,9 @@ class Trainer:
         for module in self.objective.modules():  # student and (frozen) teacher alike
             if isinstance(module, BiEncoder):
                 module.packing = tc.packing
+                if tc.fast_dropout and self.device.type == "cpu":
+                    for encoder in {id(e): e for e in (module.hr_encoder, module.tail_encoder)}.values():
+                        use_fast_dropout(encoder)
         if tc.compile:
             compile_encoders(self.objective)
         self.batch_size = tc.batch_size
@@ -119,8 +134,7 @@ class Trainer:
                                  f"{len(train_set)} training examples")
         self.total_steps = total_steps or tc.max_steps or math.ceil(tc.epochs * self.steps_per_epoch)
         params = [p for p in objective.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=lr or tc.lr, weight_decay=tc.weight_decay,
-                                           **({"fused": True} if fused_optimizer else {"foreach": True}))
+        self.optimizer = make_adamw(params, lr or tc.lr, tc.weight_decay, tc.fused_optimizer)
         warmup = min(tc.warmup_steps, max(self.total_steps // 10, 1)) if tc.warmup_steps else 0
 
         def schedule(step: int) -> float:
