@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 
 def _objective(config, teacher, student, mask_rate=0.0):
@@ -198,9 +200,12 @@ def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
 
     config = tiny_config(train__max_steps=3, distill__stage_steps=2, distill__pre_distill=False,
                          distill__grades=[{"layers": 2, "mask_rate": 0.0}], distill__controls=["direct", "plm"],
-                         model__init_from="teacher")
+                         model__init_from="teacher", distill__lr_depth_power=1.0)
     report = pipeline(config, tmp_path / "p", progress=False)
     assert [(r["kind"], r["layers"]) for r in report.rows] == [("teacher", 4), ("pmd", 2), ("direct", 2), ("plm", 2)]
+    for row in report.rows[1:]:  # 4 -> 2 layers at power 1: twice the rate, saved as the stage's own train.lr
+        saved = yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text(encoding="utf-8"))
+        assert saved["train"]["lr"] == pytest.approx(2 * config.train.lr)
     rows = {r["kind"]: r for r in report.rows}
     assert rows["direct"]["initialised_from"] == "teacher" and rows["plm"]["initialised_from"] == "plm"
     assert rows["pmd"]["steps"] == rows["direct"]["steps"] == 2
@@ -236,13 +241,17 @@ def test_every_pipeline_grade_gets_a_model_card_matching_its_metrics(tiny_config
         assert {m["type"]: m["value"] for m in first["metrics"]}["mrr"] == metrics["no_rerank"]["both"]["mrr"], stage
 
 
-def test_grade_lr_sets_the_shallow_grades_and_their_controls():
+def test_lr_depth_power_sets_the_shallow_grades_and_their_controls():
     from kgdistill.config import build_config
     from kgdistill.distill.ladder import plan
 
-    config = build_config("quick", overrides={"distill": {"grade_lr": 3e-4, "controls": ["direct"],
+    config = build_config("quick", overrides={"train": {"lr": 1e-4},
+                                              "distill": {"lr_depth_power": 2.0, "controls": ["direct"],
                                                           "grades": [{"layers": 3, "mask_rate": 0.1},
                                                                      {"layers": 2, "mask_rate": 0.0, "lr": 5e-4}]}})
     lrs = {s.name: s.lr for s in plan(config, 6)}
-    assert lrs == {"00-teacher": None, "01-pre-distilled": None, "01-pre-distilled-direct": None,
-                   "02-grade1-3L": 3e-4, "02-grade1-3L-direct": 3e-4, "03-grade2-2L": 5e-4, "03-grade2-2L-direct": 5e-4}
+    assert lrs == pytest.approx({"00-teacher": None, "01-pre-distilled": None, "01-pre-distilled-direct": None,
+                                 "02-grade1-3L": 4e-4, "02-grade1-3L-direct": 4e-4, "03-grade2-2L": 5e-4,
+                                 "03-grade2-2L-direct": 5e-4})
+    config.distill.lr_depth_power = 0.0  # the paper: one rate everywhere
+    assert {s.lr for s in plan(config, 6) if s.layers == 3} == {None}

@@ -148,9 +148,10 @@ class DistillConfig:
     # teacher's entity encoder (and so its entity index) is kept frozen, as a serving recipe.
     student_side: str = "both"
     pre_distill: bool = True  # run the same-depth pre-distillation stage before the grades
-    # Learning rate of the grades shallower than the teacher (None: train.lr); a grade's own lr wins. Their controls
-    # train at the same rate. The pre-distillation keeps train.lr.
-    grade_lr: float | None = None
+    # Shallower grades take larger steps: a grade of L layers under a D-layer teacher trains at
+    # train.lr * (D / L) ** lr_depth_power (0: train.lr everywhere, as the paper); a grade's own lr wins, its controls
+    # train at the same rate, and the same-depth pre-distillation keeps train.lr.
+    lr_depth_power: float = 0.0
     # The whole ladder's budget in teacher-step equivalents (a stage's step costs its encoder layer passes relative
     # to a teacher training step); split evenly over the distillation stages. None: stage_steps for every stage.
     budget: float | None = None
@@ -196,10 +197,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # The ladder's recipe measured in BENCHMARKS.md section 3: the whole ladder gets the teacher's 180 steps in
         # teacher-step equivalents (cheap grades get more steps), students also match the teacher's pooled vectors,
         # scores are compared on clean text (masked text feeds MGFD only), and the shallower grades, which get few
-        # steps, train at 10x the teacher's learning rate (BENCHMARKS.md section 3: 1e-4 -> 1e-3 is worth +2.6 MRR
-        # at 2 layers).
+        # steps, train at a larger rate: x (6/L)^2, i.e. 4e-4 at 3 layers and 9e-4 at 2 (BENCHMARKS.md section 3:
+        # the best of 1e-4 / 3e-4 / 1e-3 was 3e-4 at 3 layers and 1e-3 at 2).
         "distill": {"stage_steps": 50, "budget": 180, "embedding_weight": 1.0, "student_input": "clean",
-                    "grade_lr": 1e-3},
+                    "lr_depth_power": 2.0},
     },
     "paper": {
         "train": {"batch_size": 1024, "lr": 5e-5, "epochs": 50, "max_steps": None, "warmup_steps": 400,
@@ -207,7 +208,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"valid_limit": None},
         "model": {"init_from": "plm"},
         "distill": {"stage_steps": None, "budget": None, "embedding_weight": 0.0, "student_input": "masked",
-                    "grade_lr": None},
+                    "lr_depth_power": 0.0},
     },
 }
 
@@ -442,7 +443,7 @@ def validate(config: RunConfig) -> None:
     positive("distill.kl_temperature", d.kl_temperature)
     positive("distill.embedding_weight", d.embedding_weight, allow_zero=True)
     positive("distill.budget", d.budget)
-    positive("distill.grade_lr", d.grade_lr)
+    positive("distill.lr_depth_power", d.lr_depth_power, allow_zero=True)
     for i, control in enumerate(d.controls):
         if control not in CONTROLS:
             raise ConfigError(f"config key 'distill.controls[{i}]': {control!r} is not one of {sorted(CONTROLS)}")

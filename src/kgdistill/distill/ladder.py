@@ -127,6 +127,8 @@ def distill(config: RunConfig, teacher: str | Path, output_dir: str | Path, laye
         raise KGDistillError(f"layers {layers}: a student cannot be deeper than its {teacher_model.num_layers}-layer "
                              f"teacher ({teacher_dir})")
     config.model.num_layers = layers
+    if lr is not None:  # the stage's own rate is the run's train.lr, so config.yaml and the model card say it
+        config.train.lr = lr
     if config.model.layer_map is not None and len(config.model.layer_map) != layers:
         config.model.layer_map = None
     mask_rate = config.distill.pre_mask_rate if mask_rate is None else mask_rate
@@ -187,7 +189,9 @@ def plan(config: RunConfig, depth: int) -> list[Stage]:
     stages = [Stage("00-teacher", depth, None, None, None, kind="teacher")]
     pmd = [(depth, d.pre_mask_rate, None, None, "01-pre-distilled")] if d.pre_distill else []
     for i, grade in enumerate(d.grades or default_grades(depth), start=1):
-        lr = grade.lr if grade.lr is not None else (d.grade_lr if grade.layers < depth else None)
+        lr = grade.lr
+        if lr is None and d.lr_depth_power and grade.layers < depth:
+            lr = config.train.lr * (depth / grade.layers) ** d.lr_depth_power
         pmd.append((grade.layers, grade.mask_rate, grade.steps, lr, f"{i + 1:02d}-grade{i}-{grade.layers}L"))
     share = d.budget / max(len(pmd), 1) if d.budget else None
     previous = stages[0]

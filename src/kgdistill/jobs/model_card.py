@@ -87,11 +87,10 @@ def _training_lines(config, meta: dict, run: dict, summary: dict) -> list[str]:
                      + (f", score weight α={config.distill.alpha}, MGFD weight β={config.distill.beta}, MGFD "
                         f"{config.distill.mgfd}" if config is not None else "") + ".")
     if config is not None:
-        lr = run.get("lr", config.train.lr)  # a ladder grade may train at its own rate
         negatives = ["in-batch"] + (["self"] if config.loss.self_negative else []) \
             + ([f"pre-batch ({config.loss.pre_batch})"] if config.loss.pre_batch else [])
         lines.append(f"- SimKGC InfoNCE with additive margin {config.loss.margin}, negatives: "
-                     f"{', '.join(negatives)}; batch {config.train.batch_size}, learning rate {lr}, "
+                     f"{', '.join(negatives)}; batch {config.train.batch_size}, learning rate {config.train.lr}, "
                      f"seed {config.seed}.")
     if summary.get("steps") is not None:
         lines.append(f"- {summary['steps']} steps in {summary.get('seconds', 0):.0f} s "
