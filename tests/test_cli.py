@@ -50,7 +50,7 @@ def test_train_evaluate_distill(tiny_plm, tiny_kg, tmp_path, cache_dir, capsys, 
                  "--dataset", str(tiny_kg), "distill.stage_steps=2", "distill.mgfd=pooled", *COMMON]) == 0
     out = capsys.readouterr().out
     assert out.startswith("trained 2 steps in ") and "no_rerank both" in out  # the result's table()
-    assert "layers [1, 3] (of 4)" in caplog.text  # logged (to stderr); stdout holds the results table
+    assert "layers [0, 3] (of 4)" in caplog.text  # quick keeps first and last (ends); logged to stderr, stdout holds the table
     model = json.loads((student / "checkpoint-last" / "model.json").read_text())
     assert model["num_layers"] == 2 and model["info"]["mask_rate"] == 0.1
 

@@ -174,7 +174,7 @@ def test_budget_gives_cheap_grades_more_steps():
     from kgdistill.config import build_config
     from kgdistill.distill.ladder import plan
 
-    config = build_config("quick", overrides={"distill": {"budget": 180, "controls": ["direct", "plm"]}})
+    config = build_config("quick-ladder", overrides={"distill": {"budget": 180, "controls": ["direct", "plm"]}})
     stages = plan(config, 6)
     pmd = [s for s in stages if s.kind == "pmd"]
     assert [s.layers for s in pmd] == [6, 5, 3, 2]
@@ -183,7 +183,7 @@ def test_budget_gives_cheap_grades_more_steps():
     controls = [s for s in stages if s.kind in ("direct", "plm")]
     assert len(controls) == 2 * len(pmd)
     # clean input with MGFD on encodes the masked query and tail a second time (student and teacher): counted
-    masked = plan(build_config("quick", overrides={"distill": {"budget": 180, "student_input": "masked"}}), 6)
+    masked = plan(build_config("quick-ladder", overrides={"distill": {"budget": 180, "student_input": "masked"}}), 6)
     by_name = {s.name: s for s in masked}
     for stage in pmd:
         if stage.mask_rate:
@@ -245,7 +245,7 @@ def test_lr_depth_power_sets_the_shallow_grades_and_their_controls():
     from kgdistill.config import build_config
     from kgdistill.distill.ladder import plan
 
-    config = build_config("quick", overrides={"train": {"lr": 1e-4},
+    config = build_config("quick-ladder", overrides={"train": {"lr": 1e-4},
                                               "distill": {"lr_depth_power": 2.0, "controls": ["direct"],
                                                           "grades": [{"layers": 3, "mask_rate": 0.1},
                                                                      {"layers": 2, "mask_rate": 0.0, "lr": 5e-4}]}})
@@ -255,3 +255,14 @@ def test_lr_depth_power_sets_the_shallow_grades_and_their_controls():
                                  "03-grade2-2L-direct": 5e-4})
     config.distill.lr_depth_power = 0.0  # the paper: one rate everywhere
     assert {s.lr for s in plan(config, 6) if s.layers == 3} == {None}
+
+
+def test_quick_preset_is_one_jump_and_quick_ladder_the_progressive_ladder():
+    from kgdistill.config import build_config
+    from kgdistill.distill.ladder import plan
+
+    one_jump = [s for s in plan(build_config("quick"), 6) if s.kind == "pmd"]
+    assert [(s.layers, s.steps, s.lr) for s in one_jump] == [(2, 270, 9e-4)]  # the whole budget at 2 layers
+    assert build_config("quick").model.layer_choice == "ends"
+    ladder = [s for s in plan(build_config("quick-ladder"), 6) if s.kind == "pmd"]
+    assert [s.layers for s in ladder] == [6, 5, 3, 2] and build_config("quick-ladder").model.layer_choice == "even"

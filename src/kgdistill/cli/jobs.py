@@ -26,7 +26,8 @@ def _config_args(parser: argparse.ArgumentParser, training: bool = True) -> None
     parser.add_argument("--dataset", help="bundled dataset name (wn18rr, fb15k-237) or a dataset folder")
     if training:
         parser.add_argument("--plm", help="'default' (packaged all-MiniLM-L6-v2) or a local Hugging Face model folder")
-        parser.add_argument("--preset", default="quick", help="quick (2 CPU cores) or paper (GPU); default %(default)s")
+        parser.add_argument("--preset", default="quick", help="quick (2 CPU cores: teacher + one-jump 2-layer student), quick-ladder (2 CPU cores: "
+                            "PMD's progressive ladder) or paper (GPU); default %(default)s")
     parser.add_argument("--config", help="YAML or JSON config file")
     if training:
         parser.add_argument("--seed", type=int)
