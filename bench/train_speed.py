@@ -28,6 +28,7 @@ from kgdistill.data.batching import BatchOrder
 from kgdistill.errors import KGDistillError
 from kgdistill.models.plm import load_tokenizer, resolve_plm
 from kgdistill.runtime import precision_info
+from kgdistill.training.trainer import make_adamw
 
 VARIANTS = {  # name -> (what it changes, settings over the baseline)
     "baseline": ("precision auto, foreach AdamW, torch dropout, self-negatives, padded batches (no packing), "
@@ -49,14 +50,8 @@ VARIANTS = {  # name -> (what it changes, settings over the baseline)
 
 
 def fused_adamw_on_cpu() -> bool:
-    """Whether this torch has a fused AdamW kernel for CPU tensors."""
-    param = torch.nn.Parameter(torch.zeros(2))
-    param.grad = torch.ones(2)
-    try:
-        torch.optim.AdamW([param], fused=True).step()
-    except (RuntimeError, ValueError):
-        return False
-    return True
+    """Whether the trainer's optimiser (``make_adamw``) gets a fused AdamW kernel for CPU tensors."""
+    return bool(make_adamw([torch.nn.Parameter(torch.zeros(2))], 1e-3, 0.0, fused=True).defaults.get("fused"))
 
 
 def measure(base, data: DataContext, settings: dict, args) -> dict:

@@ -196,7 +196,8 @@ def plan(config: RunConfig, depth: int) -> list[Stage]:
     share = d.budget / max(len(pmd), 1) if d.budget else None
     previous = stages[0]
     for layers, rate, steps, lr, name in pmd:
-        masked_passes = d.student_input == "clean" and d.beta > 0 and rate > 0
+        # the rate the stage really masks at (an ablation may drop or fix it) decides whether MGFD's passes run
+        masked_passes = d.student_input == "clean" and d.beta > 0 and stage_config(config, rate)[1] > 0
         cost = step_cost(layers, previous.layers, depth, query_only, entity_layers=depth, masked_passes=masked_passes)
         if steps is None and share is not None:
             steps = max(1, round(share / cost))

@@ -88,8 +88,8 @@ class TrainResult(Result):
 
 
 def make_adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel where this torch has one for the parameters' device (1.07x a teacher step on
-    CPU, BENCHMARKS.md §5b), else the foreach implementation."""
+    """AdamW, fused into one kernel where this torch has one for the parameters' device (1.17x a packed teacher
+    step with fast dropout on CPU, BENCHMARKS.md §5d), else the foreach implementation."""
     if fused:
         try:
             return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
