@@ -84,7 +84,7 @@ class Report(Result):
             for ax, key, scale in ((axes[0], "parameters", 1e-6), (axes[1], "entities_per_s", 1.0)):
                 xs = [(r[key] or 0) * scale for r in rows]
                 ax.plot(xs, mrr, marker=marker, color=colour, linestyle="-" if kind == "pmd" else "none",
-                        label={"pmd": "PMD ladder", "direct": "direct (same init, L_CE)",
+                        label={"pmd": "PMD students", "direct": "direct (same init, L_CE)",
                                "plm": "direct (PLM init)", "teacher": "teacher",
                                "query": "query-only student (teacher's entity index)"}[kind])
                 for x, y, r in zip(xs, mrr, rows):
@@ -95,7 +95,7 @@ class Report(Result):
             ax.set_ylabel("MRR (%), filtered, no re-rank")
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=8)
-        fig.suptitle("PMD ladder and its controls: quality against size and speed")
+        fig.suptitle("PMD students and their controls: quality against size and speed")
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)
