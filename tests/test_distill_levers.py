@@ -174,14 +174,15 @@ def test_budget_gives_cheap_grades_more_steps():
     from kgdistill.config import build_config
     from kgdistill.distill.ladder import plan
 
-    config = build_config("quick-ladder", overrides={"distill": {"budget": 180, "controls": ["direct", "plm"]}})
+    config = build_config("quick-ladder", overrides={"distill": {"budget": 180,
+                                                                 "controls": ["direct", "plm", "direct-steps"]}})
     stages = plan(config, 6)
     pmd = [s for s in stages if s.kind == "pmd"]
     assert [s.layers for s in pmd] == [6, 5, 3, 2]
     assert [s.steps for s in pmd] == sorted(s.steps for s in pmd)  # shallower -> more steps
     assert sum(s.steps * s.cost for s in pmd) == pytest.approx(180, rel=0.05)
     controls = [s for s in stages if s.kind in ("direct", "plm")]
-    assert len(controls) == 2 * len(pmd)
+    assert len(controls) == 3 * len(pmd)
     # clean input with MGFD on encodes the masked query and tail a second time (student and teacher): counted
     masked = plan(build_config("quick-ladder", overrides={"distill": {"budget": 180, "student_input": "masked"}}), 6)
     by_name = {s.name: s for s in masked}
@@ -190,9 +191,14 @@ def test_budget_gives_cheap_grades_more_steps():
             assert stage.cost > by_name[stage.name].cost and stage.steps < by_name[stage.name].steps
         else:  # no masking at 0 %: no extra passes
             assert stage.cost == by_name[stage.name].cost
-    for control in controls:
+    for control in controls:  # equal compute (more steps, no teacher to run) unless named '-steps'
         grade = next(s for s in pmd if control.name.startswith(s.name))
-        assert control.steps == grade.steps and control.teacher == grade.teacher
+        assert control.teacher == grade.teacher
+        if control.name.endswith("-steps"):
+            assert control.steps == grade.steps
+        else:
+            assert control.steps > grade.steps
+            assert control.steps * control.cost == pytest.approx(grade.steps * grade.cost, rel=0.05)
 
 
 def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
@@ -208,7 +214,7 @@ def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
         assert saved["train"]["lr"] == pytest.approx(2 * config.train.lr)
     rows = {r["kind"]: r for r in report.rows}
     assert rows["direct"]["initialised_from"] == "teacher" and rows["plm"]["initialised_from"] == "plm"
-    assert rows["pmd"]["steps"] == rows["direct"]["steps"] == 2
+    assert rows["pmd"]["steps"] == 2 and rows["direct"]["steps"] == rows["plm"]["steps"] == 3  # equal compute
     assert "| direct |" in report.markdown()
 
 

@@ -76,6 +76,10 @@ class TrainConfig:
     num_threads: int | None = None  # torch intra-op threads; None: all cores
     log_every: int = 10
     validate_every: int | None = None  # steps between validations; None: once per epoch
+    # At every validation also rank the first data.valid_limit valid triples against all entities (filtered, both
+    # directions) and log valid_mrr / valid_hits@k; checkpoint-best then follows valid MRR instead of in-batch
+    # accuracy. Costs one encoding of every entity per validation: for graphs of a few thousand entities.
+    valid_ranking: bool = False
     checkpoint_every: int = 200  # steps between 'last' checkpoints (also written at the end of each epoch)
     skip_nonfinite: bool = False  # skip a batch whose loss is NaN/inf instead of stopping (counted)
     gradient_cache_chunk: int | None = None  # encode in chunks of this size to fit large batches in small memory
@@ -147,6 +151,10 @@ class DistillConfig:
     # both: the student has both encoders at its depth (paper); query: only the query encoder is distilled, the
     # teacher's entity encoder (and so its entity index) is kept frozen, as a serving recipe.
     student_side: str = "both"
+    # A student built from the teacher's layers also starts at the teacher's learned temperature (else at
+    # loss.init_temperature, as a PLM-initialised student does); it matters most for a query-only student scored
+    # against the teacher's frozen entity vectors.
+    copy_temperature: bool = True
     pre_distill: bool = True  # run the same-depth pre-distillation stage before the grades
     # Shallower grades take larger steps: a grade of L layers under a D-layer teacher trains at
     # train.lr * (D / L) ** lr_depth_power (0: train.lr everywhere, as the paper); a grade's own lr wins, its controls
@@ -155,7 +163,9 @@ class DistillConfig:
     # The whole ladder's budget in teacher-step equivalents (a stage's step costs its encoder layer passes relative
     # to a teacher training step); split evenly over the distillation stages. None: stage_steps for every stage.
     budget: float | None = None
-    controls: list[str] = field(default_factory=list)  # per grade, also train: direct (same init, L_CE) | plm
+    # per grade, also train: direct (same init, L_CE) | plm (PLM layers, L_CE), at the grade's compute; direct-steps |
+    # plm-steps at its number of steps
+    controls: list[str] = field(default_factory=list)
     # Also train the serving recipe at the smallest grade's depth: a query-only student (student_side=query) taught
     # by the teacher, with the smallest grade's steps; its own row in the report.
     serving_grade: bool = False
@@ -238,7 +248,9 @@ _CHOICES = {
 }
 
 
-CONTROLS = {"direct", "plm"}  # direct: same init as the PMD grade, L_CE only; plm: from the PLM's layers, L_CE only
+# direct: same init as the PMD grade, L_CE only; plm: from the PLM's layers, L_CE only. Both get the PMD stage's
+# compute (more steps, having no teacher to run); with '-steps' they get its number of steps instead.
+CONTROLS = {"direct", "plm", "direct-steps", "plm-steps"}
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

@@ -131,6 +131,15 @@ def cmd_convert(args) -> None:
     print(f"{kg.summary()}\nwritten in the kgdistill format to {args.output}")
 
 
+def cmd_subgraph(args) -> None:
+    """``kgdistill subgraph``."""
+    from ..data.loading import subgraph_dataset
+
+    kg = subgraph_dataset(args.dataset, args.output, args.entities, args.seed, args.max_expand, args.heldout,
+                          args.format)
+    print(f"{kg.summary()}\nwritten in the kgdistill format to {args.output} (PROVENANCE.json says how)")
+
+
 def add_commands(sub) -> None:
     """Add the subcommands that make run folders or measure to the ``kgdistill`` parser's subparsers."""
     p = sub.add_parser("train", help="train a SimKGC teacher and evaluate it")
@@ -190,3 +199,16 @@ def add_commands(sub) -> None:
     p.add_argument("--format", default="auto", choices=["auto", "kgdistill", "simkgc", "kgbert"],
                    help="layout of the source; default %(default)s (recognised by its files)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("subgraph", help="write a small induced subgraph of a dataset (seeded, reproducible), e.g. one "
+                                        "where a teacher converges on a CPU")
+    p.add_argument("dataset", help="dataset folder or bundled name")
+    p.add_argument("--output", required=True, help="new folder (absent or empty)")
+    p.add_argument("--entities", type=_positive_int, required=True, help="number of entities to keep")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed; default %(default)s")
+    p.add_argument("--max-expand", type=_positive_int, default=8,
+                   help="neighbours an entity adds to the sample at most; default %(default)s")
+    p.add_argument("--heldout", type=int, default=0,
+                   help="top valid and test up to this many triples each from leak-free training triples")
+    p.add_argument("--format", default="auto", choices=["auto", "kgdistill", "simkgc", "kgbert"])
+    p.set_defaults(func=cmd_subgraph)

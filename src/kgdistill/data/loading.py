@@ -6,6 +6,7 @@ FB15k-237, shipped in ``kgdistill/datasets``); ``convert_dataset`` writes any of
 from __future__ import annotations
 
 import io
+import json
 import lzma
 import os
 import shutil
@@ -14,9 +15,10 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import DataError
-from ..io import replace_dir
+from ..io import atomic_write_text, replace_dir
 from .dataset import KnowledgeGraph, build_kgdistill, digest_files
 from .formats import FORMATS, LAYOUTS, detect_format, write_dataset
+from .subgraph import induced_subgraph
 
 BUNDLED = {"wn18rr": "wn18rr.tar.xz", "fb15k-237": "fb15k-237.tar.xz"}
 ALIASES = {"wn18rr": "wn18rr", "fb15k-237": "fb15k-237", "fb15k237": "fb15k-237", "fb15k_237": "fb15k-237"}
@@ -70,20 +72,46 @@ def load_dataset(name_or_path: str, format: str = "auto") -> KnowledgeGraph:
 
 def convert_dataset(source: str | Path, output: str | Path, format: str = "auto") -> KnowledgeGraph:
     """Write a dataset (any layout, or a bundled one) to a new folder in our format; returns the graph."""
-    output = Path(output)
-    path = Path(source).expanduser()
+    check_new_folder(source, output)
+    kg = load_dataset(str(source), format)
+    write_new_folder(kg, Path(output))
+    return kg
+
+
+def subgraph_dataset(source: str | Path, output: str | Path, size: int, seed: int = 0, max_expand: int = 8,
+                     heldout: int = 0, format: str = "auto") -> KnowledgeGraph:
+    """Write the induced subgraph of ``size`` entities of a dataset (:func:`~kgdistill.data.subgraph.induced_subgraph`)
+    to a new folder in our format, with ``PROVENANCE.json`` saying how to rebuild it; returns the subgraph."""
+    check_new_folder(source, output)
+    kg = load_dataset(str(source), format)
+    sub = induced_subgraph(kg, size, seed, max_expand, heldout)
+    provenance = {"source": str(source), "source_fingerprint": kg.fingerprint, "size": size, "seed": seed,
+                  "max_expand": max_expand, "heldout": heldout, "summary": sub.summary(),
+                  "command": f"kgdistill subgraph {source} --entities {size} --seed {seed} --max-expand {max_expand} "
+                             f"--heldout {heldout} --output OUTPUT"}
+    write_new_folder(sub, Path(output), {"PROVENANCE.json": json.dumps(provenance, indent=1) + "\n"})
+    return sub
+
+
+def check_new_folder(source: str | Path, output: str | Path) -> None:
+    """The output of convert and subgraph: not the source folder, absent or empty."""
+    output, path = Path(output), Path(source).expanduser()
     if path.is_dir() and output.resolve() == path.resolve():
         raise DataError(f"output {output}: is the dataset folder itself; choose another folder")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise DataError(f"output {output}: exists and is not an empty folder; choose another folder")
-    kg = load_dataset(str(source), format)
+
+
+def write_new_folder(kg: KnowledgeGraph, output: Path, extra: dict[str, str] | None = None) -> None:
+    """The graph in our format (and ``extra`` files), staged beside ``output`` and renamed into place."""
     output.parent.mkdir(parents=True, exist_ok=True)
     stage = output.parent / f".{output.name}.convert-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     try:
         write_dataset(kg, stage)
+        for name, text in (extra or {}).items():
+            atomic_write_text(stage / name, text)
         replace_dir(stage, output)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return kg

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..config import DataConfig, GradeConfig, RunConfig
 from ..data.batching import tokenizer_key
 from ..errors import KGDistillError
@@ -138,7 +140,11 @@ def distill(config: RunConfig, teacher: str | Path, output_dir: str | Path, laye
     direct = config.distill.ablation == "direct"
     if direct:
         config.distill.student_side = "both"  # a control is a plain SimKGC model at the student depth
+    torch.manual_seed(config.seed)  # a stage run alone equals the same stage inside a pipeline
     student, tokenizer = build_model(config, teacher=teacher_model)
+    if config.distill.copy_temperature and student.info["initialised_from"] == "teacher":
+        with torch.no_grad():  # the student starts where the teacher's temperature ended, like its layers
+            student.log_inv_t.copy_(teacher_model.log_inv_t)
     if tokenizer_key(tokenizer) != tokenizer_key(teacher_tokenizer):
         raise KGDistillError(f"model.plm '{config.model.plm}' has a different vocabulary from the teacher's "
                              f"({teacher_dir}); teacher and student must share a tokenizer")
@@ -160,7 +166,7 @@ def distill(config: RunConfig, teacher: str | Path, output_dir: str | Path, laye
                                           tokenizer.mask_token_id)
     steps = steps or config.distill.stage_steps
     trainer = Trainer(run_dir, config, objective, data.train_set(), data.valid_set(), tokenizer,
-                      total_steps=steps, lr=lr, progress=progress, callbacks=callbacks)
+                      total_steps=steps, lr=lr, progress=progress, callbacks=callbacks, ranker=data.valid_ranker())
     if resume:
         trainer.resume()
     result = trainer.train()
@@ -203,9 +209,12 @@ def plan(config: RunConfig, depth: int) -> list[Stage]:
             steps = max(1, round(share / cost))
         stage = Stage(name, layers, rate, steps or d.stage_steps, lr, "pmd", previous.name, cost)
         stages.append(stage)
-        for control in d.controls:
-            stages.append(Stage(f"{name}-{control}", layers, None, stage.steps, lr, control, previous.name,
-                                step_cost(layers, previous.layers, depth, direct=True)))
+        for control in d.controls:  # 'direct'/'plm': the PMD stage's compute; '-steps': its steps
+            cost = step_cost(layers, previous.layers, depth, direct=True)
+            same_steps = control.endswith("-steps")
+            steps_ = stage.steps if same_steps else max(1, round(stage.steps * stage.cost / cost))
+            stages.append(Stage(f"{name}-{control}", layers, None, steps_, lr, control.removesuffix("-steps"),
+                                previous.name, cost))
         previous = stage
     if d.serving_grade and previous.kind == "pmd":
         stages.append(Stage(f"{int(previous.name[:2]) + 1:02d}-serving-query-{previous.layers}L", previous.layers, 0.0,

@@ -137,6 +137,13 @@ class Evaluator:
         """Filtered ranks of ``split``; with ``eval.streaming`` entities go to fp16 shards and are streamed."""
         split = split or self.config.split
         model.eval()
+        packing, model.packing = getattr(model, "packing", False), False  # padded, as a saved model is evaluated
+        try:
+            return self._evaluate(model, split, progress, entity_vectors)
+        finally:
+            model.packing = packing
+
+    def _evaluate(self, model, split: str, progress: bool, entity_vectors: torch.Tensor | None) -> EvaluationResult:
         triples = self.kg.splits[split]
         if self.config.max_queries is not None:
             triples = triples[: self.config.max_queries]

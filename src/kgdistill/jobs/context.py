@@ -1,6 +1,9 @@
 """The data a job runs on, built once per job: the graph, its text, the token cache and the known training answers."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -50,6 +53,22 @@ class DataContext:
                 queries = queries[np.random.default_rng(self.config.seed).choice(len(queries), limit, replace=False)]
             self._valid_set = ExampleSet(queries, self.texts, self.tokenized, f"{self.prefix}-valid", training=False)
         return self._valid_set
+
+    def valid_ranker(self) -> Callable[[torch.nn.Module], dict[str, float]] | None:
+        """With ``train.valid_ranking``: a function ranking the first ``data.valid_limit`` valid triples for a model
+        (filtered, both directions, no re-ranking), returning ``valid_mrr``, ``valid_hits@1`` and ``valid_hits@10``."""
+        if not self.config.train.valid_ranking or len(self.kg.splits["valid"]) == 0:
+            return None
+        eval_config = dataclasses.replace(self.config.eval, split="valid", max_queries=self.config.data.valid_limit,
+                                          rerank_weight=0.0, dump_predictions=False, streaming=False)
+        evaluator = Evaluator(self.kg, self.texts, self.tokenized, eval_config,
+                              pick_device(self.config.train.device), self.config.train.precision)
+
+        def rank(model) -> dict[str, float]:
+            both = evaluator.evaluate(model, progress=False).metrics["no_rerank"]["both"]
+            return {"valid_mrr": both["mrr"], "valid_hits@1": both["hits@1"], "valid_hits@10": both["hits@10"]}
+
+        return rank
 
     def evaluator(self, device: torch.device | None = None) -> Evaluator:
         """The filtered-ranking evaluator of this data, on ``device`` (default: ``train.device``)."""

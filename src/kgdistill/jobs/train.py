@@ -81,7 +81,7 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False, evalu
     write_run_info(run_dir, config, {"job": "train", "dataset": data.kg.summary()})
     loss = InfoNCELoss(model, config.loss, data.known_train, config.train.batch_size)
     trainer = Trainer(run_dir, config, ContrastiveObjective(model, loss), data.train_set(), data.valid_set(),
-                      tokenizer, progress=progress, callbacks=callbacks)
+                      tokenizer, progress=progress, callbacks=callbacks, ranker=data.valid_ranker())
     if resume:
         trainer.resume()
     result = trainer.train()

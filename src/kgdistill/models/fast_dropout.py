@@ -27,6 +27,8 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
 def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Dropout in training mode: zero each element with probability ``p`` (to 2^-16), scale the rest to keep the mean."""
     kept = 1.0 - round(p * _LANES) / _LANES
+    if kept <= 0.0:  # p rounds to 1: everything dropped, as torch's dropout at p = 1
+        return torch.zeros_like(x)
     return torch.where(keep_mask(x.shape, p, x.device), x * (1.0 / kept), 0.0)
 
 
@@ -75,5 +77,7 @@ def use_fast_dropout(encoder: nn.Module) -> bool:
     for module in list(encoder.modules()):
         for name, child in module.named_children():
             if type(child) is nn.Dropout:
-                setattr(module, name, FastDropout(child.p))
+                replacement = FastDropout(child.p)
+                replacement.train(child.training)  # the replaced module's mode, not nn.Module's default
+                setattr(module, name, replacement)
     return True

@@ -99,13 +99,21 @@ class ProgressBar(Callback):
             self.bar = None
 
 
+def selection_metric(metrics: dict) -> str:
+    """What ``checkpoint-best`` follows: valid MRR when validation ranked (``train.valid_ranking``), else in-batch
+    accuracy@1."""
+    return "valid_mrr" if "valid_mrr" in metrics else "valid_acc@1"
+
+
 class Checkpointing(Callback):
-    """``checkpoint-best`` whenever validation accuracy@1 improves; ``checkpoint-last`` every
-    ``train.checkpoint_every`` steps and after the last one (after that step's validation, so that it records it)."""
+    """``checkpoint-best`` whenever the validation metric (:func:`selection_metric`) improves; ``checkpoint-last``
+    every ``train.checkpoint_every`` steps and after the last one (after that step's validation, so that it records
+    it)."""
 
     def on_validate(self, trainer: Trainer, metrics: dict) -> None:
-        if trainer.best_valid is None or metrics["valid_acc@1"] > trainer.best_valid:
-            trainer.best_valid = metrics["valid_acc@1"]
+        value = metrics[selection_metric(metrics)]
+        if trainer.best_valid is None or value > trainer.best_valid:
+            trainer.best_valid = value
             trainer.save(BEST)
 
     def on_step_end(self, trainer: Trainer, step: StepEnd) -> None:

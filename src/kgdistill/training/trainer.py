@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,8 @@ class Trainer:
 
     def __init__(self, run_dir: str | Path, config: RunConfig, objective: Objective, train_set: ExampleSet,
                  valid_set: ExampleSet | None, tokenizer, total_steps: int | None = None, lr: float | None = None,
-                 progress: bool = True, callbacks: list[Callback] | None = None):
+                 progress: bool = True, callbacks: list[Callback] | None = None,
+                 ranker: Callable[[BiEncoder], dict[str, float]] | None = None):
         self.callbacks = list(callbacks or [])  # after the trainer's own: JSONL log, progress bar, checkpointing
         self._running: list[Callback] | None = None  # all of them, while train() runs
         self.run_dir = Path(run_dir)
@@ -112,6 +114,7 @@ class Trainer:
         self.objective = objective
         self.train_set = train_set
         self.valid_set = valid_set
+        self.ranker = ranker  # valid MRR and hits of the model (train.valid_ranking), run at every validation
         self.tokenizer = tokenizer
         self.progress = progress
         tc = config.train
@@ -220,7 +223,8 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """SimKGC's cheap check: loss and in-batch accuracy on validation queries (eval mode: no margin)."""
+        """SimKGC's cheap check: loss and in-batch accuracy on validation queries (eval mode: no margin); with a
+        ranker also filtered ranking of valid triples against all entities."""
         if self.valid_set is None or len(self.valid_set) < 2:
             return {}
         self.objective.eval()
@@ -236,8 +240,11 @@ class Trainer:
             losses.append(float(loss))
             hits1 += int((logits.argmax(1).cpu() == torch.arange(len(rows))).sum())
             n += len(rows)
+        metrics = {"valid_loss": float(np.mean(losses)), "valid_acc@1": hits1 / max(n, 1)}
+        if self.ranker is not None:
+            metrics.update(self.ranker(self.objective.model))
         self.objective.train()
-        return {"valid_loss": float(np.mean(losses)), "valid_acc@1": hits1 / max(n, 1)}
+        return metrics
 
     # ------------------------------------------------------------------ loop
     @property
