@@ -70,12 +70,12 @@ def teacher_dir(out: Path, lr: float) -> Path:
     return out / f"teacher-lr{lr:g}"
 
 
-def phase_teachers(out: Path) -> None:
+def phase_teachers(out: Path, lrs: tuple[float, ...] = TEACHER_LRS) -> None:
     import kgdistill
     from kgdistill.config import build_config
 
     folder = phase_data(out)
-    for lr in TEACHER_LRS:
+    for lr in lrs:
         run = teacher_dir(out, lr)
         if (run / "metrics.json").is_file():
             continue
@@ -91,10 +91,18 @@ def final_valid(run: Path) -> float:
 
 
 def chosen_teacher(out: Path) -> Path:
+    """The teacher the students learn from: the best final valid MRR among the finished teachers when the first
+    student run starts, then frozen in ``decision.json`` (a teacher finishing later is compared in the summary)."""
+    decision = out / "decision.json"
+    if decision.is_file():
+        return Path(json.loads(decision.read_text())["teacher"])
     done = [teacher_dir(out, lr) for lr in TEACHER_LRS if (teacher_dir(out, lr) / "metrics.json").is_file()]
     if not done:
         sys.exit("no finished teacher: run the teachers phase first")
-    return max(done, key=final_valid)
+    best = max(done, key=final_valid)
+    decision.write_text(json.dumps({"teacher": str(best), "candidates": {str(p): final_valid(p) for p in done}},
+                                   indent=1) + "\n")
+    return best
 
 
 def phase_students(out: Path, only: list[str] | None) -> None:
@@ -145,9 +153,14 @@ def main() -> None:
         return
     if args.phase in ("data", "all"):
         phase_data(out)
-    if args.phase in ("teachers", "all"):
+    if args.phase == "teachers":
         phase_teachers(out)
-    if args.phase in ("students", "all"):
+    if args.phase == "students":
+        phase_students(out, args.only)
+    if args.phase == "all":  # the first teacher, its main student run, then the other teacher and the rest
+        phase_teachers(out, TEACHER_LRS[:1])
+        phase_students(out, [next(iter(STUDENTS))])
+        phase_teachers(out)
         phase_students(out, args.only)
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from kgdistill.config import build_config, parse_overrides
-from kgdistill.distill.ladder import distill
+from kgdistill.jobs.distill import distill
 
 VARIANTS = {  # name -> (what it is, overrides over the quick preset)
     "direct": ("same init, L_CE only (the control)", ["distill.ablation=direct"]),
@@ -59,11 +59,12 @@ def main() -> None:
     for name in names:
         run_dir = args.out / name
         if not (run_dir / "metrics.json").is_file():
-            overrides = parse_overrides([*VARIANTS[name][1], *args.overrides, f"seed={args.seed}"])
+            overrides = parse_overrides([*VARIANTS[name][1], *args.overrides, f"seed={args.seed}",
+                                         f"distill.teacher={args.teacher}", f"model.num_layers={args.layers}",
+                                         f"distill.mask_rate={args.mask_rate}", f"distill.stage_steps={args.steps}"])
             config = build_config("quick", overrides=overrides)
             t0 = time.perf_counter()
-            distill(config, args.teacher, run_dir, layers=args.layers, mask_rate=args.mask_rate, steps=args.steps,
-                    resume=(run_dir / "checkpoint-last").exists(), progress=False)
+            distill(config, run_dir, resume=(run_dir / "checkpoint-last").exists(), progress=False)
             print(f"[{name}] {time.perf_counter() - t0:.0f} s", flush=True)
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         summary = json.loads((run_dir / "train_summary.json").read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from kgdistill.api import DataContext, build_model, load_model
 from kgdistill.benchmark import machine_info
 from kgdistill.config import build_config, parse_overrides
-from kgdistill.distill.objective import DistillationObjective
+from kgdistill.training.distillation import DistillationObjective
 from kgdistill.losses.contrastive import InfoNCELoss
 from kgdistill.runtime import resolve_precision
 from kgdistill.training.objectives import ContrastiveObjective

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from kgdistill.benchmark import machine_info
-from kgdistill.jobs.context import DataContext
-from kgdistill.jobs.saved import load_model, model_config
+from kgdistill.store.context import DataContext
+from kgdistill.store.saved import load_model, model_config
 from kgdistill.runtime import autocast, resolve_precision
 
 

@@ -1,17 +1,22 @@
 """Bounded loopback load test of ``kgdistill serve``, with the in-process latency of the same queries beside it.
 
 Loads the model in this process and times ``Predictor.predict_tails`` (no HTTP); starts
-``kgdistill serve --model DIR`` on 127.0.0.1 (or uses ``--url``), waits for /health, then times (i) sequential
-``/predict/tails`` requests (single-query latency) and (ii) ``--clients`` concurrent clients until ``--requests``
-requests are answered or ``--duration`` seconds pass, whichever comes first; then stops the server. Queries are
-(head, relation) pairs of the dataset's test split (the dataset the predictor loads with ``load_dataset``), the same
-for every phase. Prints a table; ``--json-out`` writes every number. Run it with nothing else using the CPU:
+``kgdistill serve --model DIR`` on 127.0.0.1 (or uses ``--url``, which must be a loopback address), waits for
+/ready, then times (i) sequential ``/predict/tails`` requests (single-query latency) and (ii) a load phase of
+``--seconds`` (or ``--requests`` requests, whichever comes first): ``--clients`` concurrent clients, or with
+``--slow-senders M`` M connections that trickle a request body (a byte every ``--trickle-interval`` seconds,
+reconnecting when answered) while one ordinary client sends requests. Throughout the load phase /health is polled
+and timed: it must stay fast while the model is busy. Then the server is stopped. Queries are (head, relation)
+pairs of the dataset's test split (the dataset the predictor loads with ``load_dataset``), the same for every phase.
+Prints a table; ``--json-out`` writes every number. Run it with nothing else using the CPU:
 
-    python bench/serve_load.py --model runs/teacher-quick --json-out runs/serve-load.json
+    python bench/serve_load.py --model runs/teacher-quick --clients 200 --seconds 60 --json-out runs/serve-load.json
+    python bench/serve_load.py --model runs/teacher-quick --slow-senders 300 --seconds 60
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import shlex
@@ -31,6 +36,9 @@ import numpy as np
 from kgdistill.data.dataset import KnowledgeGraph
 from kgdistill.inference.predictor import Predictor
 
+HEALTH_INTERVAL = 0.1  # seconds between /health probes during the load phase
+SLOW_BODY_BYTES = 1000  # declared by each slow sender: far more than it sends before any deadline
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,28 +46,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", help="dataset name or folder (default: the model's)")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"])
     p.add_argument("--device", help="cpu or cuda, for the server and the in-process predictor (default: theirs)")
-    p.add_argument("--url", help="a server already running (default: start one on 127.0.0.1)")
+    p.add_argument("--url", help="a server already running on a loopback address (default: start one on 127.0.0.1)")
     p.add_argument("--port", type=int, help="port of the started server (default: a free one)")
     p.add_argument("--serve-args", default="", help="more arguments for 'kgdistill serve', e.g. '--max-batch 16'")
+    p.add_argument("--api-key", help="the server's API key (given to the started server, sent by every client)")
     p.add_argument("--k", type=int, default=10, help="answers per query; default %(default)s")
     p.add_argument("--sequential", type=int, default=200,
                    help="sequential requests (and in-process queries) timed; default %(default)s")
     p.add_argument("--warmup", type=int, default=10, help="untimed queries before each phase; default %(default)s")
-    p.add_argument("--clients", type=int, default=32, help="concurrent clients; default %(default)s")
-    p.add_argument("--requests", type=int, default=2000, help="requests of the concurrent phase; default %(default)s")
-    p.add_argument("--duration", type=float, default=120.0,
-                   help="the concurrent phase stops after this many seconds at the latest; default %(default)s")
+    p.add_argument("--clients", type=int, default=32, help="concurrent clients of the load phase; default %(default)s")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the load phase; default %(default)s")
+    p.add_argument("--requests", type=int, help="end the load phase after this many requests (default: no limit)")
+    p.add_argument("--slow-senders", type=int, default=0,
+                   help="instead of --clients: this many connections trickle a request body while one client "
+                        "sends requests")
+    p.add_argument("--trickle-interval", type=float, default=1.0,
+                   help="seconds between a slow sender's bytes; default %(default)s")
     p.add_argument("--client-timeout", type=float, default=60.0, help="seconds a client waits for an answer")
-    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the server's /health")
+    p.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the server's /ready")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", help="write the report here")
     args = p.parse_args(argv)
-    for name in ("k", "sequential", "clients", "requests", "duration", "client_timeout", "startup_timeout"):
+    for name in ("k", "sequential", "clients", "seconds", "trickle_interval", "client_timeout", "startup_timeout"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')}: must be positive")
-    if args.warmup < 0:
-        p.error("--warmup: must be 0 or more")
+    for name in ("warmup", "slow_senders"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')}: must be 0 or more")
+    if args.requests is not None and args.requests < 1:
+        p.error("--requests: must be positive")
+    if args.url and not _loopback(httpx.URL(args.url).host):
+        p.error("--url: the load test only targets a loopback address (127.0.0.1, ::1, localhost)")
     return args
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def draw_queries(kg: KnowledgeGraph, count: int, k: int, seed: int) -> list[dict]:
@@ -90,11 +115,11 @@ def time_in_process(predictor: Predictor, queries: list[dict], warmup: int) -> d
     return {**summary(seconds), "qps": len(seconds) / sum(seconds)}
 
 
-def _post(client: httpx.Client, query: dict) -> tuple[str, float]:
+def _request(client: httpx.Client, method: str, path: str, query: dict | None = None) -> tuple[str, float]:
     """Status ('200', '503', or the client error's name) and seconds of one request."""
     start = time.perf_counter()
     try:
-        status = str(client.post("/predict/tails", json=query).status_code)
+        status = str(client.request(method, path, json=query).status_code)
     except httpx.HTTPError as exc:
         status = type(exc).__name__
     return status, time.perf_counter() - start
@@ -109,43 +134,107 @@ def _report(answers: list[tuple[str, float]], seconds: float) -> dict:
             "errors_5xx": sum(n for status, n in statuses.items() if status.startswith("5"))}
 
 
-def time_sequential(url: str, queries: list[dict], warmup: int, timeout: float) -> dict:
-    with httpx.Client(base_url=url, timeout=timeout) as client:
+def _client(url: str, timeout: float, headers: dict) -> httpx.Client:
+    return httpx.Client(base_url=url, timeout=timeout, headers=headers)
+
+
+def time_sequential(url: str, queries: list[dict], warmup: int, timeout: float, headers: dict) -> dict:
+    with _client(url, timeout, headers) as client:
         for q in queries[:warmup]:
-            _post(client, q)
+            _request(client, "POST", "/predict/tails", q)
         start = time.perf_counter()
-        answers = [_post(client, q) for q in queries]
+        answers = [_request(client, "POST", "/predict/tails", q) for q in queries]
         return _report(answers, time.perf_counter() - start)
 
 
-def time_concurrent(url: str, queries: list[dict], clients: int, total: int, duration: float,
-                    timeout: float) -> dict:
-    """``clients`` threads, one keep-alive connection each, send queries until ``total`` or ``duration``."""
+def probe_health(url: str, stop: threading.Event, timeout: float, answers: list) -> None:
+    """/health every HEALTH_INTERVAL seconds until ``stop``, on one keep-alive connection, as a prober would."""
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        while not stop.wait(HEALTH_INTERVAL):
+            answers.append(_request(client, "GET", "/health"))
+
+
+def slow_sender(host: str, port: int, stop_at: float, interval: float, outcomes: Counter, lock: threading.Lock
+                ) -> None:
+    """Holds a connection by trickling a body a byte every ``interval`` seconds; reconnects when answered.
+
+    An answer (408 when the service enforces a receive deadline) is counted by status; a refusal or error pauses the
+    sender for ``interval`` seconds, so that the load generator does not spin on the CPU the server needs."""
+    authority = f"[{host}]" if ":" in host else host  # an IPv6 literal in brackets, as in a URL
+    head = (f"POST /predict/tails HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {SLOW_BODY_BYTES}\r\n\r\n").encode()
+    while time.perf_counter() < stop_at:
+        outcome = "unanswered"
+        try:
+            with socket.create_connection((host, port), timeout=interval) as conn:
+                conn.sendall(head)
+                while time.perf_counter() < stop_at:
+                    try:
+                        data = conn.recv(4096)
+                    except socket.timeout:
+                        conn.sendall(b" ")
+                        continue
+                    outcome = data.split(b" ", 2)[1].decode(errors="replace") if data else "closed"
+                    break
+        except OSError as exc:
+            outcome = type(exc).__name__
+        with lock:
+            outcomes[outcome] += 1
+        if outcome != "408":
+            time.sleep(max(0.0, min(interval, stop_at - time.perf_counter())))
+
+
+def time_load(url: str, queries: list[dict], args, headers: dict) -> dict:
+    """The load phase: clients (or one client beside slow senders) until ``--seconds`` or ``--requests``, /health
+    polled meanwhile."""
     lock = threading.Lock()
     answers: list[tuple[str, float]] = []
+    health: list[tuple[str, float]] = []
+    slow: Counter = Counter()
     sent = 0
-    stop_at = time.perf_counter() + duration
+    stop_at = time.perf_counter() + args.seconds
+    clients = 1 if args.slow_senders else args.clients
 
     def client_loop() -> None:
         nonlocal sent
-        with httpx.Client(base_url=url, timeout=timeout) as client:
+        with _client(url, args.client_timeout, headers) as client:
             while True:
                 with lock:
-                    if sent >= total or time.perf_counter() >= stop_at:
+                    if (args.requests is not None and sent >= args.requests) or time.perf_counter() >= stop_at:
                         return
                     query = queries[sent % len(queries)]
                     sent += 1
-                answer = _post(client, query)
+                answer = _request(client, "POST", "/predict/tails", query)
                 with lock:
                     answers.append(answer)
 
+    target = httpx.URL(url)
+    senders = [threading.Thread(target=slow_sender, daemon=True,
+                                args=(target.host, target.port or 80, stop_at, args.trickle_interval, slow, lock))
+               for _ in range(args.slow_senders)]
+    for t in senders:
+        t.start()
+    if senders:
+        time.sleep(min(args.trickle_interval, args.seconds / 4))  # the slow senders hold their connections first
+    stop_health = threading.Event()
+    prober = threading.Thread(target=probe_health, args=(url, stop_health, args.client_timeout, health), daemon=True)
+    prober.start()
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return {"clients": clients, **_report(answers, time.perf_counter() - start)}
+    seconds = time.perf_counter() - start
+    stop_health.set()
+    prober.join()
+    for t in senders:
+        t.join(args.trickle_interval + args.client_timeout)
+    report = {"clients": clients, **_report(answers, seconds), "health": _report(health, seconds)}
+    if senders:
+        report["slow_senders"] = {"connections": args.slow_senders, "trickle_interval": args.trickle_interval,
+                                  "outcomes": dict(sorted(slow.items()))}
+    return report
 
 
 def _free_port() -> int:
@@ -154,20 +243,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, server: subprocess.Popen | None, log: Path | None, timeout: float) -> dict:
+def wait_ready(url: str, server: subprocess.Popen | None, log: Path | None, timeout: float) -> dict:
+    """The server's /health once its /ready says it serves."""
     end = time.monotonic() + timeout
     while True:
         if server is not None and server.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log else ""
             raise SystemExit(f"the server exited with status {server.returncode} (log: {log}):\n{tail}")
         try:
-            response = httpx.get(f"{url}/health", timeout=5)
-            if response.status_code == 200:
-                return response.json()
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return httpx.get(f"{url}/health", timeout=5).json()
         except httpx.HTTPError:
             pass
         if time.monotonic() > end:
-            raise SystemExit(f"{url}/health did not answer within {timeout:g} s")
+            raise SystemExit(f"{url}/ready did not answer 200 within {timeout:g} s")
         time.sleep(0.25)
 
 
@@ -177,8 +266,9 @@ def start_server(args, port: int, log: Path) -> subprocess.Popen:
     cmd += ["--dataset", args.dataset] if args.dataset else []
     cmd += ["--device", args.device] if args.device else []
     cmd += shlex.split(args.serve_args)
+    env = {**os.environ, "KGDISTILL_API_KEY": args.api_key} if args.api_key else None  # kept out of ps
     with log.open("wb") as out:  # a file, not a pipe: the access log must never block the server
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -192,20 +282,27 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 def print_table(report: dict) -> None:
-    rows = [("in-process", report["in_process"]), ("http sequential", report["sequential"]),
-            (f"http {report['concurrent']['clients']} clients", report["concurrent"])]
-    print(f"{'phase':<18} {'n':>6} {'qps':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  status")
-    for name, r in rows:
+    load = report["load"]
+    name = (f"http 1 client+{load['slow_senders']['connections']} slow" if "slow_senders" in load
+            else f"http {load['clients']} clients")
+    rows = [("in-process", report["in_process"]), ("http sequential", report["sequential"]), (name, load),
+            ("/health meanwhile", load["health"])]
+    print(f"{'phase':<24} {'n':>6} {'qps':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  status")
+    for label, r in rows:
         stats = " ".join(f"{r[key]:8.2f}" if key in r else f"{'-':>8}" for key in ("qps", "p50_ms", "p99_ms", "max_ms"))
         status = ", ".join(f"{code}: {n}" for code, n in r.get("status", {}).items())
-        print(f"{name:<18} {r.get('requests', r['n']):>6} {stats}  {status}")
+        print(f"{label:<24} {r.get('requests', r['n']):>6} {stats}  {status}")
+    if "slow_senders" in load:
+        outcomes = ", ".join(f"{k}: {n}" for k, n in load["slow_senders"]["outcomes"].items())
+        print(f"slow senders' connections ended by: {outcomes or 'nothing (still held at the end)'}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     predictor = Predictor.from_pretrained(args.model, args.dataset, args.checkpoint, device=args.device, progress=True)
-    queries = draw_queries(predictor.kg, max(args.sequential, args.requests), args.k, args.seed)
-    report = {"settings": {k: v for k, v in vars(args).items() if k != "json_out"}, "dataset": predictor.kg.name,
+    queries = draw_queries(predictor.kg, max(args.sequential, args.requests or 0), args.k, args.seed)
+    report = {"settings": {k: v for k, v in vars(args).items() if k not in ("json_out", "api_key")},
+              "dataset": predictor.kg.name,
               "in_process": time_in_process(predictor, queries[:args.sequential], args.warmup)}
     del predictor  # its memory and threads are not the server's to compete with
     server = log = None
@@ -218,18 +315,19 @@ def main(argv: list[str] | None = None) -> dict:
         os.close(fd)
         log = Path(name)
         server = start_server(args, port, log)
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
         report["server"] = {"url": url, "started": server is not None,
-                            "health": wait_healthy(url, server, log, args.startup_timeout)}
-        report["sequential"] = time_sequential(url, queries[:args.sequential], args.warmup, args.client_timeout)
-        report["concurrent"] = time_concurrent(url, queries, args.clients, args.requests, args.duration,
-                                               args.client_timeout)
+                            "health": wait_ready(url, server, log, args.startup_timeout)}
+        report["sequential"] = time_sequential(url, queries[:args.sequential], args.warmup, args.client_timeout,
+                                               headers)
+        report["load"] = time_load(url, queries, args, headers)
     finally:
         if server is not None:
             stop_server(server)
     if log is not None:
         log.unlink()  # kept only when something failed
-    report["errors_5xx"] = report["sequential"]["errors_5xx"] + report["concurrent"]["errors_5xx"]
+    report["errors_5xx"] = report["sequential"]["errors_5xx"] + report["load"]["errors_5xx"]
     print_table(report)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

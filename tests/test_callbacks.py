@@ -123,10 +123,11 @@ def test_trackers_mirror_the_jsonl_log(tiny_config, tmp_path, monkeypatch):
     train(config, tmp_path / "ml", evaluate_after=False, progress=False, tracker="mlflow")
     names = [c[0] for c in calls]
     assert names[:4] == ["set_tracking_uri", "set_experiment", "start_run", "log_params"] and names[-1] == "end_run"
-    assert calls[0][1][0] == (tmp_path / "ml" / "mlruns").resolve().as_uri()  # a local file store by default
+    assert calls[0][1][0] == f"sqlite:///{(tmp_path / 'ml' / 'mlflow.db').resolve()}"  # a local store by default
     assert calls[3][1][0]["train.lr"] == "0.001" and calls[-1][2] == {"status": "FINISHED"}
     logged = [(c[1][0], c[2]["step"]) for c in calls if c[0] == "log_metrics"]
-    assert logged == [({f"{'train' if 'loss' in r else 'valid'}/{k}": float(v) for k, v in r.items() if k != "step"},
+    assert logged == [({f"{'train' if 'loss' in r else 'valid'}/{k.replace('@', '_at_')}": float(v)
+                        for k, v in r.items() if k != "step"},
                        r["step"]) for r in _log(tmp_path / "ml")]
 
 

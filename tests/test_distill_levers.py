@@ -13,7 +13,7 @@ import yaml
 
 def _objective(config, teacher, student, mask_rate=0.0):
     from kgdistill.api import DataContext
-    from kgdistill.distill.objective import DistillationObjective
+    from kgdistill.training.distillation import DistillationObjective
     from kgdistill.losses.contrastive import InfoNCELoss
 
     data = DataContext(config, teacher_tokenizer(config))
@@ -103,7 +103,7 @@ def test_student_and_teacher_score_columns_align_with_self_negatives_and_pre_bat
 def test_distill_inherits_the_teachers_dataset_and_text_settings(tiny_config, tiny_plm, tmp_path):
     from kgdistill.api import train
     from kgdistill.config import build_config
-    from kgdistill.distill.ladder import distill
+    from kgdistill.jobs.distill import distill
 
     teacher_config = tiny_config(data__max_tokens=20)
     train(teacher_config, tmp_path / "t", evaluate_after=False, progress=False)
@@ -113,7 +113,8 @@ def test_distill_inherits_the_teachers_dataset_and_text_settings(tiny_config, ti
         "train": {"batch_size": 8, "max_steps": 2, "warmup_steps": 1, "precision": "fp32", "device": "cpu"},
         "distill": {"stage_steps": 2}})
     assert student_config.data.dataset == "wn18rr"
-    out = distill(student_config, tmp_path / "t", tmp_path / "s", layers=2, progress=False)
+    student_config.distill.teacher, student_config.model.num_layers = str(tmp_path / "t"), 2
+    out = distill(student_config, tmp_path / "s", progress=False)
     saved = (tmp_path / "s/config.yaml").read_text()
     assert teacher_config.data.dataset in saved and "max_tokens: 20" in saved
     assert out.metrics["num_entities"] == 24  # the tiny KG, not WN18RR's 40,943
@@ -128,17 +129,18 @@ def test_distill_inherits_the_teachers_dataset_and_text_settings(tiny_config, ti
 ])
 def test_each_lever_trains_and_evaluates(tiny_config, tmp_path, overrides):
     from kgdistill.api import load_model, train
-    from kgdistill.distill.ladder import distill
+    from kgdistill.jobs.distill import distill
 
     train(tiny_config(), tmp_path / "t", evaluate_after=False, progress=False)
     config = tiny_config(model__init_from="teacher", **overrides)
-    out = distill(config, tmp_path / "t", tmp_path / "s", layers=2, mask_rate=0.2, progress=False)
+    config.distill.teacher, config.model.num_layers, config.distill.mask_rate = str(tmp_path / "t"), 2, 0.2
+    out = distill(config, tmp_path / "s", progress=False)
     assert 0 < out.metrics["no_rerank"]["both"]["mrr"] <= 1
     logs = [json.loads(line) for line in (tmp_path / "s/train_log.jsonl").read_text().splitlines()]
     steps = [r for r in logs if "l_ce" in r]
     assert steps and all(np.isfinite(r["loss"]) for r in steps)
     if overrides.get("distill__embedding_weight"):
-        assert steps[0]["l_emb"] > 0
+        assert steps[0]["l_embedding"] > 0
     student, _, _ = load_model(tmp_path / "s")
     teacher, _, _ = load_model(tmp_path / "t")
     if overrides.get("distill__student_side") == "query":
@@ -164,7 +166,7 @@ def test_clean_student_input_scores_clean_text_on_both_sides(tiny_config, tmp_pa
 
 
 def test_no_mgfd_ablation_keeps_the_ce_weight(tiny_config):
-    from kgdistill.distill.ladder import stage_config
+    from kgdistill.pmd.plan import stage_config
 
     config, rate = stage_config(tiny_config(distill__alpha=0.1, distill__beta=0.1, distill__ablation="no-mgfd"), 0.2)
     assert rate == 0.0 and config.distill.alpha == 0.1 and config.distill.beta == 0.1  # CE weight stays 0.8
@@ -172,7 +174,7 @@ def test_no_mgfd_ablation_keeps_the_ce_weight(tiny_config):
 
 def test_budget_gives_cheap_grades_more_steps():
     from kgdistill.config import build_config
-    from kgdistill.distill.ladder import plan
+    from kgdistill.pmd.plan import plan
 
     config = build_config("quick-ladder", overrides={"distill": {"budget": 180,
                                                                  "controls": ["direct", "plm", "direct-steps"]}})
@@ -202,7 +204,7 @@ def test_budget_gives_cheap_grades_more_steps():
 
 
 def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
-    from kgdistill.distill.ladder import pipeline
+    from kgdistill.jobs.pipeline import pipeline
 
     config = tiny_config(train__max_steps=3, distill__stage_steps=2, distill__pre_distill=False,
                          distill__grades=[{"layers": 2, "mask_rate": 0.0}], distill__controls=["direct", "plm"],
@@ -219,8 +221,8 @@ def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
 
 
 def test_pipeline_serving_grade_keeps_the_teachers_entity_encoder(tiny_config, tmp_path):
-    from kgdistill.distill.ladder import pipeline
-    from kgdistill.jobs.saved import load_model
+    from kgdistill.jobs.pipeline import pipeline
+    from kgdistill.store.saved import load_model
 
     config = tiny_config(train__max_steps=3, distill__stage_steps=2, distill__pre_distill=False,
                          distill__grades=[{"layers": 2, "mask_rate": 0.0}], distill__serving_grade=True,
@@ -235,8 +237,8 @@ def test_pipeline_serving_grade_keeps_the_teachers_entity_encoder(tiny_config, t
 
 
 def test_every_pipeline_grade_gets_a_model_card_matching_its_metrics(tiny_config, tmp_path):
-    from kgdistill.distill.ladder import pipeline
-    from kgdistill.jobs.model_card import front_matter
+    from kgdistill.jobs.pipeline import pipeline
+    from kgdistill.store.model_card import front_matter
 
     config = tiny_config(train__max_steps=2, distill__stage_steps=2, distill__grades=[{"layers": 2, "mask_rate": 0.0}])
     pipeline(config, tmp_path / "p", progress=False)
@@ -249,7 +251,7 @@ def test_every_pipeline_grade_gets_a_model_card_matching_its_metrics(tiny_config
 
 def test_lr_depth_power_sets_the_shallow_grades_and_their_controls():
     from kgdistill.config import build_config
-    from kgdistill.distill.ladder import plan
+    from kgdistill.pmd.plan import plan
 
     config = build_config("quick-ladder", overrides={"train": {"lr": 1e-4},
                                               "distill": {"lr_depth_power": 2.0, "controls": ["direct"],
@@ -265,7 +267,7 @@ def test_lr_depth_power_sets_the_shallow_grades_and_their_controls():
 
 def test_quick_preset_is_one_jump_and_quick_ladder_the_progressive_ladder():
     from kgdistill.config import build_config
-    from kgdistill.distill.ladder import plan
+    from kgdistill.pmd.plan import plan
 
     one_jump = [s for s in plan(build_config("quick"), 6) if s.kind == "pmd"]
     assert [(s.layers, s.steps, s.lr) for s in one_jump] == [(2, 270, 9e-4)]  # the whole budget at 2 layers

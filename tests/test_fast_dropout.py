@@ -80,7 +80,7 @@ def test_manual_attention_equals_sdpa():
 
 def test_trainer_switches_cpu_encoders(tiny_config, tmp_path):
     from kgdistill.api import train
-    from kgdistill.jobs.saved import load_model
+    from kgdistill.store.saved import load_model
 
     outcome = train(tiny_config(train__max_steps=2), tmp_path / "fast", progress=False)
     assert outcome.train.steps == 2 and outcome.evaluation is not None
@@ -89,7 +89,7 @@ def test_trainer_switches_cpu_encoders(tiny_config, tmp_path):
     reloaded, _, _ = load_model(tmp_path / "fast")
     assert reloaded.hr_encoder.config._attn_implementation == "sdpa"
     off = tiny_config(train__max_steps=1, train__fast_dropout=False)
-    from kgdistill.jobs.context import DataContext
+    from kgdistill.store.context import DataContext
     from kgdistill.losses.contrastive import InfoNCELoss
     from kgdistill.models.builder import build_model
     from kgdistill.training.objectives import ContrastiveObjective

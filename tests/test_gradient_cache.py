@@ -26,7 +26,9 @@ def test_gradient_cache_matches_full_batch(tiny_config, chunk):
     loss.backward()
     full = {n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None}
     objective.zero_grad(set_to_none=True)
-    cached_loss, _ = objective.cached_step(batch, chunk)
+    objective.cache_chunk = chunk
+    cached_loss, _ = objective(batch)
+    cached_loss.backward()  # the trainer's plain backward() runs the chunks
     assert cached_loss.item() == pytest.approx(loss.item(), rel=1e-5)
     cached = {n: p.grad for n, p in objective.named_parameters() if p.grad is not None}
     assert cached.keys() == full.keys() and "model.log_inv_t" in cached
@@ -65,23 +67,33 @@ def test_non_finite_loss_stops_with_last_checkpoint_intact(tiny_config, tmp_path
     assert outcome.train.skipped_batches == 1
 
 
-def test_an_objective_without_a_cached_step_refuses_the_key_instead_of_ignoring_it(tiny_config, tmp_path):
-    from kgdistill.api import DataContext, train
-    from kgdistill.distill.ladder import distill
+def test_distillation_refuses_the_key_instead_of_ignoring_it(tiny_config, tmp_path):
+    from kgdistill.api import train
+    from kgdistill.jobs.distill import distill
     from kgdistill.errors import KGDistillError
-    from kgdistill.models.plm import load_tokenizer, resolve_plm
-    from kgdistill.training.objectives import ContrastiveObjective
-    from kgdistill.training.trainer import Trainer
 
-    class NoCache(ContrastiveObjective):
-        cached_step = None
-
-    objective, _ = _objective(tiny_config)
-    config = tiny_config(train__gradient_cache_chunk=4)
-    examples = DataContext(config, load_tokenizer(resolve_plm(config.model.plm))).train_set()
-    with pytest.raises(KGDistillError, match="'train.gradient_cache_chunk': NoCache has no gradient-cache step"):
-        Trainer(tmp_path / "run", config, NoCache(objective.model, objective.loss), examples, None, None)
+    config = tiny_config(train__gradient_cache_chunk=4, model__num_layers=2)
     train(tiny_config(train__max_steps=2), tmp_path / "t", evaluate_after=False, progress=False)
+    config.distill.teacher = str(tmp_path / "t")
     with pytest.raises(KGDistillError, match="'train.gradient_cache_chunk': distillation has no gradient-cache step"):
-        distill(config, tmp_path / "t", tmp_path / "s", layers=2, progress=False)
+        distill(config, tmp_path / "s", progress=False)
     assert not (tmp_path / "s").exists()  # refused before anything ran
+
+
+def test_gradient_cache_re_encodes_under_the_forwards_autocast(tiny_config):
+    """backward() runs outside the trainer's autocast: the chunks it re-encodes must still run under the forward's."""
+    objective, batch = _objective(tiny_config)
+    objective.cache_chunk = 3
+    seen = []
+    encode = objective.model.encode_queries
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return encode(*args, **kwargs)
+
+    objective.model.encode_queries = spy
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = objective(batch)
+    loss.backward()
+    assert len(seen) == 6 and all(seen)  # 3 chunks in the forward, 3 re-encoded by backward()
+    assert all(p.grad is not None for p in objective.model.hr_encoder.parameters() if p.requires_grad)

@@ -2,8 +2,8 @@
 inside functions that would otherwise hide a circle:
 
 - a module imports only modules of its own layer and of the layers below it;
-- the packages of one layer that are marked independent (``training`` / ``evaluation``, ``distill`` /
-  ``inference`` / ``benchmark``) never import each other;
+- the packages of one layer that are marked independent (``training`` / ``evaluation``, ``pmd`` / ``inference``,
+  ``jobs`` / ``benchmark``) never import each other;
 - nothing inside the package imports the ``api`` facade or the ``cli``;
 - there are no import circles between modules (imports only for type checkers, under ``if TYPE_CHECKING:``, run
   nothing and make none; they must still respect the layers).
@@ -20,14 +20,15 @@ import kgdistill
 # Bottom to top. Each entry: the top-level names (a subpackage or a module of kgdistill) of one layer, and whether
 # they are independent of each other.
 LAYERS: list[tuple[tuple[str, ...], bool]] = [
-    (("_version", "errors", "config", "io", "results"), False),
+    (("_version", "errors", "config", "io", "results", "runfolder"), False),
     (("runtime", "distributed"), False),
     (("data", "datasets"), False),
     (("models",), False),
     (("losses",), False),
     (("training", "evaluation"), True),
-    (("jobs",), False),
-    (("distill", "inference", "benchmark"), True),
+    (("store",), False),
+    (("pmd", "inference"), True),
+    (("jobs", "benchmark"), True),
     (("api", "__init__"), False),
     (("cli", "__main__"), False),
 ]

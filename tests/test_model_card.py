@@ -11,9 +11,9 @@ import yaml
 
 from conftest import make_tiny_config
 from kgdistill.api import train
-from kgdistill.distill.ladder import distill
+from kgdistill.jobs.distill import distill
 from kgdistill.inference.export import export_model
-from kgdistill.jobs.model_card import METRICS, _plm_licence, front_matter, write_model_card
+from kgdistill.store.model_card import METRICS, _plm_licence, front_matter, write_model_card
 from kgdistill.inference.predictor import Predictor
 
 
@@ -24,7 +24,8 @@ def runs(tmp_path_factory, tiny_plm, tiny_kg) -> dict[str, Path]:
     config = make_tiny_config(tiny_kg, tiny_plm, data__cache_dir=str(root / "cache"), train__max_steps=3,
                               train__checkpoint_every=None, distill__stage_steps=2)
     train(config, root / "teacher", progress=False)
-    distill(config, root / "teacher", root / "student", layers=2, mask_rate=0.1, progress=False)
+    config.distill.teacher, config.model.num_layers, config.distill.mask_rate = str(root / "teacher"), 2, 0.1
+    distill(config, root / "student", progress=False)
     train(config, root / "plain", evaluate_after=False, progress=False)
     return {"teacher": root / "teacher", "student": root / "student", "plain": root / "plain"}
 

@@ -44,7 +44,7 @@ def test_student_copies_the_mapped_layers(tiny_plm):
 
 def test_teacher_gets_no_gradient(tiny_config, tmp_path):
     from kgdistill.api import DataContext, build_model, train
-    from kgdistill.distill.objective import DistillationObjective
+    from kgdistill.training.distillation import DistillationObjective
     from kgdistill.losses.contrastive import InfoNCELoss
 
     config = tiny_config(train__max_steps=2)
@@ -111,7 +111,7 @@ def test_saved_model_reloads_identically(tiny_config, tmp_path):
 
 
 def test_pipeline_end_to_end_writes_report(tiny_config, tmp_path):
-    from kgdistill.distill.ladder import pipeline
+    from kgdistill.jobs.pipeline import pipeline
 
     config = tiny_config(train__max_steps=3, distill__stage_steps=2)
     report = pipeline(config, tmp_path / "p", progress=False)
@@ -119,8 +119,9 @@ def test_pipeline_end_to_end_writes_report(tiny_config, tmp_path):
     for name in ("report.json", "report.md", "report.png"):
         assert (tmp_path / "p" / name).stat().st_size > 0
     assert (tmp_path / "p" / "report.png").read_bytes()[:4] == b"\x89PNG"
-    rows = json.loads((tmp_path / "p/report.json").read_text())["rows"]
-    assert report.to_dict() == {"rows": rows} and report.table() == (tmp_path / "p/report.md").read_text().rstrip("\n")
+    saved = json.loads((tmp_path / "p/report.json").read_text())
+    rows = saved["rows"]
+    assert report.to_dict() == saved and saved["teacher"]["status"].startswith("unknown") and report.table() == (tmp_path / "p/report.md").read_text().rstrip("\n")
     assert rows[1]["mask_rate"] == 0.2 and rows[-1]["mask_rate"] == 0.0
     assert rows[0]["parameters"] > rows[-1]["parameters"]
     # a second call finds every stage finished and redoes none

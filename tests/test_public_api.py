@@ -26,13 +26,6 @@ def test_import_is_cheap_and_every_export_resolves_with_a_docstring():
         assert callable(getattr(kgdistill, name)), name
 
 
-def test_the_distill_function_survives_importing_its_subpackage():
-    from kgdistill.distill import ladder
-
-    assert kgdistill.distill.__name__ == "kgdistill.distill" or kgdistill.distill is ladder.distill
-    assert callable(kgdistill.distill)
-
-
 def test_every_job_result_is_a_result():
     for name in ("TrainOutcome", "EvaluationResult", "Report", "ExportResult"):
         cls = getattr(kgdistill, name)

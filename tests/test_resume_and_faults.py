@@ -250,7 +250,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(env, bas
 def test_pipeline_killed_mid_stage_resumes_that_stage_and_redoes_no_finished_one(env, tmp_path):
     """SIGKILL `kgdistill pipeline` while grade 1 trains; the rerun keeps the teacher and pre-distilled stages as they
     are (same files), resumes grade 1 from its checkpoint and ends equal to an uninterrupted pipeline."""
-    from kgdistill.distill.ladder import pipeline
+    from kgdistill.jobs.pipeline import pipeline
 
     ladder = ["train.max_steps=4", "distill.stage_steps=6", "distill.grades=[{layers: 2, mask_rate: 0.1}]"]
     expected = tmp_path / "uninterrupted"

@@ -24,6 +24,7 @@ from kgdistill.inference.predictor import Predictor, ResolvedQuery  # noqa: E402
 from kgdistill.inference.server import create_app  # noqa: E402
 
 MAX_BODY = 8 * 1024
+BASE_URL = "http://localhost"  # an allowed Host header (TestClient sends "testserver" by default)
 _FILE_EVENTS: list | None = None  # set to a list while requests must not touch the file system
 
 
@@ -55,7 +56,7 @@ def app(predictor):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url=BASE_URL, raise_server_exceptions=False) as client:
         yield client
 
 
@@ -211,7 +212,7 @@ def gated(predictor, monkeypatch):
 
     def make(**app_args) -> Gated:
         app = create_app(predictor, max_body_bytes=MAX_BODY, **app_args)
-        g = Gated(app, clients.enter_context(TestClient(app, raise_server_exceptions=False)))
+        g = Gated(app, clients.enter_context(TestClient(app, base_url=BASE_URL, raise_server_exceptions=False)))
         made.append(g)
 
         def spy(queries):
@@ -316,49 +317,74 @@ def test_deadline_answers_503_and_drops_queued_work(gated):
 
 # ---------------------------------------------------------------------------------------------------- fuzz
 @pytest.mark.slow
-def test_schema_fuzz_never_5xx(app):
+def test_schema_fuzz_never_5xx(predictor):
     schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is optional (pip install schemathesis)")
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
 
+    app = create_app(predictor, max_body_bytes=MAX_BODY, allowed_hosts=["testserver"])  # schemathesis's Host
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     seen = 0
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-            @settings(max_examples=15, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))
-            @given(case=operation.as_strategy(mode))
-            def check(case):
-                response = case.call()
-                assert response.status_code < 500, (case.method, case.path, case.body, case.query, response.text)
+    with TestClient(app):  # the lifespan: /ready answers 200 only inside it
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+                @settings(max_examples=15, deadline=None, database=None, derandomize=True,
+                          suppress_health_check=list(HealthCheck))
+                @given(case=operation.as_strategy(mode))
+                def check(case):
+                    response = case.call()
+                    assert response.status_code < 500, (case.method, case.path, case.body, case.query, response.text)
 
-            try:
-                check()
-            except Unsatisfiable:  # nothing to get wrong (GET /health has no parameters)
-                assert mode == schemathesis.GenerationMode.NEGATIVE
-                continue
-            seen += 1
-    assert seen >= 9  # five operations, both generation modes (but GET /health)
+                try:
+                    check()
+                except Unsatisfiable:  # nothing to get wrong (GET /health and /ready have no parameters)
+                    assert mode == schemathesis.GenerationMode.NEGATIVE
+                    continue
+                seen += 1
+    assert seen >= 10  # six operations, both generation modes (but GET /health and GET /ready)
 
 
 # ---------------------------------------------------------------------------------------------------- load test script
-@pytest.mark.slow
-def test_serve_load_script_end_to_end(predictor, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server's torch threads, as conftest sets this process's
+def _serve_load():
     spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).parents[1] / "bench" / "serve_load.py")
     serve_load = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve_load)
+    return serve_load
+
+
+@pytest.mark.slow
+def test_serve_load_script_end_to_end(predictor, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server's torch threads, as conftest sets this process's
     out = tmp_path / "load.json"
-    report = serve_load.main(["--model", predictor.info["model_dir"], "--device", "cpu", "--sequential", "10",
-                              "--warmup", "2", "--requests", "20", "--clients", "4", "--json-out", str(out)])
+    report = _serve_load().main(["--model", predictor.info["model_dir"], "--device", "cpu", "--sequential", "10",
+                                 "--warmup", "2", "--requests", "20", "--clients", "4", "--seconds", "60",
+                                 "--api-key", "bench-key", "--json-out", str(out)])
     saved = json.loads(out.read_text())
-    assert saved == report
+    assert saved == report and "api_key" not in saved["settings"]
     assert saved["errors_5xx"] == 0
-    assert saved["sequential"]["status"] == {"200": 10} and saved["concurrent"]["status"] == {"200": 20}
-    assert saved["in_process"]["n"] == saved["sequential"]["n"] == 10 and saved["concurrent"]["n"] == 20
-    for phase in ("in_process", "sequential", "concurrent"):
+    assert saved["sequential"]["status"] == {"200": 10} and saved["load"]["status"] == {"200": 20}
+    assert saved["in_process"]["n"] == saved["sequential"]["n"] == 10 and saved["load"]["n"] == 20
+    for phase in ("in_process", "sequential", "load"):
         assert 0 < saved[phase]["p50_ms"] <= saved[phase]["p99_ms"] <= saved[phase]["max_ms"]
         assert saved[phase]["qps"] > 0
-    assert saved["concurrent"]["clients"] == 4
+    assert saved["load"]["clients"] == 4 and set(saved["load"]["health"]["status"]) <= {"200"}
     assert saved["server"]["started"] and saved["server"]["health"]["entities"] == predictor.kg.num_entities
+
+
+@pytest.mark.slow
+def test_serve_load_script_slow_senders(predictor, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    report = _serve_load().main(["--model", predictor.info["model_dir"], "--device", "cpu", "--sequential", "2",
+                                 "--warmup", "0", "--slow-senders", "4", "--trickle-interval", "0.2",
+                                 "--seconds", "3", "--serve-args", "--receive-timeout 0.5"])
+    load = report["load"]
+    assert load["clients"] == 1 and load["status"].get("200", 0) > 0 and report["errors_5xx"] == 0
+    assert load["slow_senders"]["outcomes"].get("408", 0) >= 4  # each cut off at the deadline, at least once
+    assert load["health"]["status"].get("200", 0) > 0
+
+
+def test_serve_load_script_only_targets_loopback():
+    with pytest.raises(SystemExit):
+        _serve_load().parse_args(["--model", "m", "--url", "http://192.0.2.1:8000"])
+    assert _serve_load().parse_args(["--model", "m", "--url", "http://[::1]:8000"]).url

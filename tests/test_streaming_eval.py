@@ -167,9 +167,12 @@ def test_bench_synthetic_streaming_runs_small_and_cleans_up(tmp_path, capsys):
     from kgdistill.cli import main
 
     assert main(["bench", "--synthetic-entities", "3000", "--synthetic-queries", "40", "--shard-size", "700",
-                 "--query-chunk", "16", "--shards-dir", str(tmp_path)]) == 0
+                 "--query-chunk", "16", "--shards-dir", str(tmp_path), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert results["shards"] == 5 and results["disk_gb"] > 3000 * 384 * 2 / 1e9
     assert 800 < results["mean_rank"] < 2200  # random gold among 3000 entities
     assert results["peak_rss_mb"] > 0 and "encoding is not timed" in results["note"]
     assert not any(tmp_path.iterdir())  # the shards are removed afterwards
+    assert main(["bench", "--synthetic-entities", "800", "--synthetic-queries", "10", "--shards-dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out  # without --json: one "key value" line a measurement, like every command's table
+    assert any(line.split()[:1] == ["shards"] for line in table.splitlines()) and not table.lstrip().startswith("{")

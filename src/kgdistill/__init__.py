@@ -15,15 +15,16 @@ from ._version import __version__
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name is imported on first use
     from .config import RunConfig, build_config
     from .data.loading import load_dataset
-    from .distill.ladder import distill, pipeline
-    from .distill.report import Report
+    from .jobs.distill import distill
+    from .jobs.pipeline import pipeline
+    from .pmd.report import Report
     from .errors import KGDistillError
     from .evaluation.ranking import EvaluationResult
     from .inference.export import ExportResult, export_model
     from .inference.predictor import Prediction, Predictor
     from .inference.server import serve
     from .jobs.evaluate import evaluate
-    from .jobs.saved import load_model
+    from .store.saved import load_model
     from .jobs.train import TrainOutcome, train
     from .results import Result
 
@@ -31,10 +32,10 @@ _EXPORTS = {
     "train": "kgdistill.jobs.train",
     "evaluate": "kgdistill.jobs.evaluate",
     "TrainOutcome": "kgdistill.jobs.train",
-    "load_model": "kgdistill.jobs.saved",
-    "distill": "kgdistill.distill.ladder",
-    "pipeline": "kgdistill.distill.ladder",
-    "Report": "kgdistill.distill.report",
+    "load_model": "kgdistill.store.saved",
+    "distill": "kgdistill.jobs.distill",
+    "pipeline": "kgdistill.jobs.pipeline",
+    "Report": "kgdistill.pmd.report",
     "EvaluationResult": "kgdistill.evaluation.ranking",
     "export_model": "kgdistill.inference.export",
     "ExportResult": "kgdistill.inference.export",

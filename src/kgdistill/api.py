@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from .config import RunConfig, build_config
 from .data.loading import load_dataset
-from .distill.ladder import distill, pipeline
-from .distill.report import Report
+from .jobs.distill import distill
+from .jobs.pipeline import pipeline
+from .pmd.report import Report
 from .errors import KGDistillError
 from .evaluation.ranking import EvaluationResult
 from .inference.export import ExportResult, export_model
 from .inference.predictor import Prediction, Predictor
 from .inference.server import serve
-from .jobs.context import DataContext
+from .store.context import DataContext
 from .jobs.evaluate import evaluate
-from .jobs.saved import load_model, load_run_config, resolve_model_dir
+from .store.saved import load_model, load_run_config, resolve_model_dir
 from .jobs.train import TrainOutcome, train
 from .models.builder import build_model
 from .results import Result

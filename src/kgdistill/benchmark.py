@@ -80,7 +80,7 @@ def train_rate(config, batch_size: int, precision: str, repeats: int, layers: in
     ``times``: receives every step's seconds, the ``warmup`` steps first (where compilation shows);
     ``flops``: receives every step's training FLOPs over real tokens (forward + backward = 3 forward passes of each
     encoded sequence: query, tail and, with self-negatives, head)."""
-    from .jobs.context import DataContext
+    from .store.context import DataContext
     from .losses.contrastive import InfoNCELoss
     from .models.builder import build_model
     from .training.trainer import Trainer
@@ -153,7 +153,7 @@ def run(quick: bool = False, model_dir: str | None = None, repeats: int = 3) -> 
     student_rate = encode_rate(student, batch, tokens, auto["chosen"], repeats)
     results["student_encode_speedup"] = student_rate / results[f"encode_seq_per_s_{auto['chosen']}"]
     config = build_config("quick")
-    from .jobs.context import DataContext
+    from .store.context import DataContext
     from .models.plm import load_tokenizer
 
     data = DataContext(config, load_tokenizer(resolve_plm("default")))
@@ -192,8 +192,8 @@ def run(quick: bool = False, model_dir: str | None = None, repeats: int = 3) -> 
 def evaluation_split(model_dir: str | None, encode_rate: float, max_queries: int | None = None) -> dict:
     """WN18RR test evaluation (all entities; the first ``max_queries`` test triples, default all): time encoding vs
     ranking, against an encode-only bound at the measured encoding rate."""
-    from .jobs.context import DataContext
-    from .jobs.saved import load_model
+    from .store.context import DataContext
+    from .store.saved import load_model
     from .models.builder import build_model
 
     config = build_config("quick")

@@ -81,6 +81,9 @@ class TrainConfig:
     # accuracy. Costs one encoding of every entity per validation: for graphs of a few thousand entities.
     valid_ranking: bool = False
     checkpoint_every: int = 200  # steps between 'last' checkpoints (also written at the end of each epoch)
+    # Stop when the validation metric (valid MRR with valid_ranking, else in-batch accuracy) has not improved for this
+    # many validations in a row; None: train all steps.
+    early_stopping_patience: int | None = None
     skip_nonfinite: bool = False  # skip a batch whose loss is NaN/inf instead of stopping (counted)
     gradient_cache_chunk: int | None = None  # encode in chunks of this size to fit large batches in small memory
     length_bucketing: bool = False  # batches of similar token length (less padding); see data.batching.BatchOrder
@@ -130,6 +133,10 @@ class GradeConfig:
 class DistillConfig:
     """PMD (docs/METHOD.md, "PMD"): loss weights, MGFD form and the grade ladder."""
 
+    # The stage a distill job trains: its teacher (a run or model folder; the student depth is model.num_layers, the
+    # teacher's when None) and its MGFD mask rate (None: pre_mask_rate); pipeline sets both for every stage it plans.
+    teacher: str | None = None
+    mask_rate: float | None = None
     alpha: float = 0.1  # weight of L_SCORE
     beta: float = 0.1  # weight of L_MGFD
     score_loss: str = "mse"  # mse (paper Eq. 5) | kl
@@ -141,7 +148,7 @@ class DistillConfig:
     teacher_margin: bool = False  # released code builds teacher logits in eval mode (no margin)
     pre_mask_rate: float = 0.2  # pre-distillation (same depth)
     grades: list[GradeConfig] = field(default_factory=list)  # empty: scaled from the PLM depth (paper ratios)
-    stage_steps: int | None = None  # default budget per stage; None: train.max_steps / train.epochs
+    stage_steps: int | None = None  # steps of a distill job (it becomes its train.max_steps); None: train.max_steps
     ablation: str = "none"  # none | direct | no-mgfd | fixed-mask | logit-only
     fixed_mask_rate: float = 0.2  # for the fixed-mask ablation
     # Beyond the paper: match the student's pooled query/entity vectors to the teacher's (as sentence-transformers
@@ -186,6 +193,17 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts, as saved in a run's config.yaml."""
         return dataclasses.asdict(self)
+
+    @property
+    def explicit(self) -> frozenset[str]:
+        """Dotted keys the user set (in a config file, overrides or keyword sections; every key of a saved
+        config.yaml), as opposed to a default or a preset's value: a student inherits its teacher's data settings for
+        the other data keys. Recorded by :func:`build_config`, never guessed from the values."""
+        return self.__dict__.get("_explicit", frozenset())
+
+    def mark_explicit(self, keys: frozenset[str] | set[str]) -> None:
+        """Record ``keys`` as set by the user (added to those already recorded)."""
+        self.__dict__["_explicit"] = self.explicit | frozenset(keys)
 
     def save(self, path: str | Path) -> None:
         """Write the resolved config as YAML, atomically."""
@@ -351,7 +369,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file into nested dicts; errors name the file."""
+    """Read a YAML or JSON config file into nested dicts; errors name the file, and a syntax error its line, column
+    and problem."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -361,8 +380,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file is not UTF-8") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {str(exc).splitlines()[0]}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        mark, context_mark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        if context and context_mark is not None:
+            problem += f" ({context} started at line {context_mark.line + 1})"
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -370,30 +397,44 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def dotted_keys(values: dict[str, Any], prefix: str = "") -> set[str]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr"}``: the leaf keys of nested dicts."""
+    keys = set()
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        keys |= dotted_keys(value, key + ".") if isinstance(value, dict) and value else {key}
+    return keys
+
+
 def build_config(preset: str | None = "quick", file: str | Path | None = None, overrides: dict[str, Any] | None = None,
                  **sections: Any) -> RunConfig:
-    """Resolve a config: defaults < preset < file < overrides < keyword sections; then validate."""
+    """Resolve a config: defaults < preset < file < overrides < keyword sections; then validate. The keys given by
+    the file, the overrides and the sections are recorded as the user's (:attr:`RunConfig.explicit`)."""
     values: dict[str, Any] = {}
     if preset:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
         values = _merge(values, PRESETS[preset])
+    user: dict[str, Any] = {}
     if file:
-        values = _merge(values, load_config_file(file))
+        user = _merge(user, load_config_file(file))
     if overrides:
-        values = _merge(values, overrides)
+        user = _merge(user, overrides)
     for name, value in sections.items():
         if value is not None:
-            values = _merge(values, {name: value})
-    config = _build(RunConfig, values)
+            user = _merge(user, {name: value})
+    config = _build(RunConfig, _merge(values, user))
     validate(config)
+    config.mark_explicit(dotted_keys(user))
     return config
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
-    """A validated config from nested dicts (a saved config.yaml), with no preset applied."""
+    """A validated config from nested dicts (a saved config.yaml), with no preset applied; every key it holds counts
+    as set."""
     config = _build(RunConfig, values)
     validate(config)
+    config.mark_explicit(dotted_keys(values))
     return config
 
 
@@ -440,6 +481,7 @@ def validate(config: RunConfig) -> None:
     positive("train.log_every", config.train.log_every)
     positive("train.validate_every", config.train.validate_every)
     positive("train.checkpoint_every", config.train.checkpoint_every)
+    positive("train.early_stopping_patience", config.train.early_stopping_patience)
     positive("train.gradient_cache_chunk", config.train.gradient_cache_chunk)
     positive("train.bucket_pool", config.train.bucket_pool)
     positive("eval.batch_size", config.eval.batch_size)
@@ -466,7 +508,10 @@ def validate(config: RunConfig) -> None:
         if control not in CONTROLS:
             raise ConfigError(f"config key 'distill.controls[{i}]': {control!r} is not one of {sorted(CONTROLS)}")
     positive("distill.stage_steps", d.stage_steps)
-    for key, rate in (("distill.pre_mask_rate", d.pre_mask_rate), ("distill.fixed_mask_rate", d.fixed_mask_rate)):
+    for key, rate in (("distill.pre_mask_rate", d.pre_mask_rate), ("distill.fixed_mask_rate", d.fixed_mask_rate),
+                      ("distill.mask_rate", d.mask_rate)):
+        if rate is None:
+            continue
         if not 0 <= rate < 1:
             raise ConfigError(f"config key '{key}': a mask rate must be in [0, 1), got {rate}")
     previous = None

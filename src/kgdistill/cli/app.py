@@ -1,4 +1,5 @@
-"""``kgdistill`` command line: one subcommand per API function. User errors print one line and exit 2.
+"""``kgdistill`` command line: one subcommand per API function. User errors, and a disk that is full, read-only or
+forbidden, print one line and exit 2.
 
 Arguments, config, dataset and output folder are checked before any model loads; other packages' warnings, log
 lines and loading bars are hidden unless ``--verbose`` (kgdistill's own progress bars stay).
@@ -13,7 +14,8 @@ import sys
 import warnings
 
 from ..errors import KGDistillError
-from . import jobs, use
+from ..io import DISK_ERRNOS
+from . import extras, jobs, use
 
 EXIT_USER_ERROR = 2
 VERBOSE_HELP = "show tracebacks, and other packages' warnings, log lines and loading bars"
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     jobs.add_commands(sub)
     use.add_commands(sub)
+    extras.add_commands(sub)
     for command in sub.choices.values():  # --verbose after the subcommand too; SUPPRESS keeps one given before it
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
@@ -67,7 +70,8 @@ def third_party_output(verbose: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns the exit status (2 for a user error, printed as one line; 130 when interrupted)."""
+    """Run one command; returns the exit status (2 for a user error or a disk error, printed as one line; 130 when
+    interrupted)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -80,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"kgdistill: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # a full, read-only or forbidden disk: what was written before is intact (io stages writes)
+        if exc.errno not in DISK_ERRNOS or args.verbose:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"kgdistill: error: {where}{exc.strerror}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("kgdistill: interrupted; resume with --resume", file=sys.stderr)

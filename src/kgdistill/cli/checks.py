@@ -6,11 +6,13 @@ import copy
 from pathlib import Path
 
 from ..errors import KGDistillError
+from ..io import probe_writable
 from ..training.checkpoint import LAST
 
 
 def check_output_dir(path: str | None, flag: str) -> None:
-    """An output folder that cannot be one (a file, or below a file) fails before any model loads."""
+    """An output folder that cannot be one (a file, or below a file) or cannot be written (read-only, forbidden,
+    full) fails before any model loads."""
     if path is None:
         return
     target = Path(path)
@@ -18,6 +20,10 @@ def check_output_dir(path: str | None, flag: str) -> None:
     if not existing.is_dir():
         where = "exists and is not a folder" if existing == target else f"'{existing}' is a file, not a folder"
         raise KGDistillError(f"{flag} {path}: {where}")
+    try:
+        probe_writable(target)
+    except OSError as exc:
+        raise KGDistillError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
 
 
 def check_new_run(path: str, resume: bool, flag: str = "--output-dir") -> None:
@@ -34,18 +40,18 @@ def check_dataset(name: str | None, format: str = "auto") -> None:
         load_dataset(name, format)
 
 
-def check_student_dataset(config, teacher_dir: Path, dataset: str | None) -> None:
-    """The dataset a student of ``teacher_dir`` will use: the teacher's unless chosen (as distill decides it)."""
-    from ..distill.ladder import inherit_teacher_data
+def check_student_dataset(config, teacher_dir: Path) -> None:
+    """The dataset a student of ``teacher_dir`` will use: the teacher's unless the user set it (as distill decides)."""
+    from ..jobs.distill import inherit_teacher_data
 
     probe = copy.deepcopy(config)
-    inherit_teacher_data(probe, teacher_dir, {}, dataset)
+    inherit_teacher_data(probe, teacher_dir, {})
     check_dataset(probe.data.dataset, probe.data.format)
 
 
 def check_model(path: str, flag: str, checkpoint: str = "last") -> Path:
     """The model folder (a run folder's checkpoint) exists and has a model.json; nothing is loaded yet."""
-    from ..jobs.saved import resolve_model_dir
+    from ..store.saved import resolve_model_dir
 
     try:
         return resolve_model_dir(path, checkpoint)
@@ -55,7 +61,7 @@ def check_model(path: str, flag: str, checkpoint: str = "last") -> Path:
 
 def check_model_dataset(model_dir: Path, dataset: str | None) -> None:
     """The dataset a job on a saved model will load (the named one, else the model's own), when either is known."""
-    from ..jobs.saved import load_run_config, model_config
+    from ..store.saved import load_run_config, model_config
 
     if dataset or load_run_config(model_dir) is not None:
         probe = model_config(model_dir, dataset)

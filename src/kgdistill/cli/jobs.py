@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import KGDistillError
 from .checks import (check_dataset, check_model, check_model_dataset, check_new_run, check_output_dir,
                      check_student_dataset)
 
@@ -34,10 +35,12 @@ def _config_args(parser: argparse.ArgumentParser, training: bool = True) -> None
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-4")
 
 
-def _build_config(args):
-    from ..config import build_config, parse_overrides
+def _build_config(args, flags: dict | None = None):
+    """The config of the command line: preset < --config < flags (``flags``: sections given by a command's own
+    flags) < key=value overrides."""
+    from ..config import _merge, build_config, parse_overrides
 
-    overrides = parse_overrides(args.overrides)
+    overrides = _merge(flags or {}, parse_overrides(args.overrides))
     if getattr(args, "dataset", None):
         overrides.setdefault("data", {})["dataset"] = args.dataset
     if getattr(args, "plm", None):
@@ -84,25 +87,28 @@ def cmd_evaluate(args) -> None:
 
 def cmd_distill(args) -> None:
     """``kgdistill distill``."""
-    from ..distill.ladder import distill
+    from ..jobs.distill import distill
 
-    config = _build_config(args)
+    stage = {"distill": {"teacher": args.teacher, "mask_rate": args.mask_rate}, "model": {"num_layers": args.layers}}
+    config = _build_config(args, {section: {k: v for k, v in keys.items() if v is not None}
+                                  for section, keys in stage.items()})
+    if not config.distill.teacher:
+        raise KGDistillError("kgdistill distill: give --teacher (or distill.teacher in the config)")
     check_output_dir(args.output_dir, "--output-dir")
     check_new_run(args.output_dir, args.resume)
-    check_student_dataset(config, check_model(args.teacher, "--teacher"), args.dataset)
-    _print(distill(config, args.teacher, args.output_dir, layers=args.layers, mask_rate=args.mask_rate,
-                   resume=args.resume, dataset=args.dataset, tracker=args.tracker), args.json)
+    check_student_dataset(config, check_model(config.distill.teacher, "--teacher"))
+    _print(distill(config, args.output_dir, resume=args.resume, tracker=args.tracker), args.json)
 
 
 def cmd_pipeline(args) -> None:
     """``kgdistill pipeline``."""
-    from ..distill.ladder import pipeline
+    from ..jobs.pipeline import pipeline
     from ..models.plm import resolve_plm
 
     config = _build_config(args)
     check_output_dir(args.output_dir, "--output-dir")
     if args.teacher:
-        check_student_dataset(config, check_model(args.teacher, "--teacher"), None)
+        check_student_dataset(config, check_model(args.teacher, "--teacher"))
     else:
         resolve_plm(config.model.plm)
         check_dataset(config.data.dataset, config.data.format)
@@ -110,7 +116,7 @@ def cmd_pipeline(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    """``kgdistill bench`` (always JSON)."""
+    """``kgdistill bench``: a table of the measurements, JSON with ``--json``."""
     from ..benchmark import append_markdown, run, synthetic_streaming
 
     if args.synthetic_entities:
@@ -118,9 +124,20 @@ def cmd_bench(args) -> None:
                                       args.shard_size, args.query_chunk)
     else:
         results = run(quick=args.quick, model_dir=args.model, repeats=args.repeats)
-    print(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1) if args.json else bench_table(results))
     if args.append:
         append_markdown(results, Path(args.append), "kgdistill bench " + " ".join(sys.argv[2:]))
+
+
+def bench_table(results: dict, prefix: str = "") -> str:
+    """The measurements as ``key  value`` lines, nested keys dotted."""
+    lines = []
+    for key, value in results.items():
+        if isinstance(value, dict):
+            lines.append(bench_table(value, f"{prefix}{key}."))
+        else:
+            lines.append(f"{prefix + key:40} {value:.4g}" if isinstance(value, float) else f"{prefix + key:40} {value}")
+    return "\n".join(line for line in lines if line)
 
 
 def cmd_convert(args) -> None:
@@ -161,9 +178,9 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("distill", help="one PMD stage: a student taught by a trained model")
     _config_args(p)
-    p.add_argument("--teacher", required=True, help="teacher run or model folder")
-    p.add_argument("--layers", type=int, help="student depth (default: the teacher's)")
-    p.add_argument("--mask-rate", type=float, help="MGFD mask rate (default: distill.pre_mask_rate)")
+    p.add_argument("--teacher", help="teacher run or model folder (distill.teacher)")
+    p.add_argument("--layers", type=int, help="student depth, model.num_layers (default: the teacher's)")
+    p.add_argument("--mask-rate", type=float, help="MGFD mask rate, distill.mask_rate (default: distill.pre_mask_rate)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--resume", action="store_true")
     _tracker_arg(p)
@@ -178,7 +195,7 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("bench", help="measure matmul peak, encoder GFLOP/s, training and evaluation speed (JSON)")
+    p = sub.add_parser("bench", help="measure matmul peak, encoder GFLOP/s, training and evaluation speed")
     p.add_argument("--quick", action="store_true", help="skip the full evaluation and fp32/batch-256 training")
     p.add_argument("--model", help="a trained model for the evaluation split (default: the untrained PLM)")
     p.add_argument("--repeats", type=int, default=3)
@@ -190,6 +207,7 @@ def add_commands(sub) -> None:
     p.add_argument("--shards-dir", help="parent folder of the temporary shards (default: the system temp folder)")
     p.add_argument("--shard-size", type=_positive_int, default=262_144)
     p.add_argument("--query-chunk", type=_positive_int, default=1024)
+    p.add_argument("--json", action="store_true", help="print the measurements as JSON")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("convert", help="write a dataset folder (SimKGC or KG-BERT layout, or ours) in the kgdistill "

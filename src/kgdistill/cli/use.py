@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -156,23 +157,31 @@ def cmd_export(args) -> None:
 
 def cmd_serve(args) -> None:
     """``kgdistill serve`` (blocking)."""
-    from ..inference.server import _require_fastapi, serve
+    from ..inference.server import API_KEY_ENV, _require_fastapi, check_api_key, host_patterns, serve
 
     _require_fastapi()
     if not 1 <= args.port <= 65535:
         raise KGDistillError(f"--port {args.port}: expected 1..65535")
     for flag, value in (("--max-body-bytes", args.max_body_bytes), ("--request-timeout", args.request_timeout),
-                        ("--max-batch", args.max_batch), ("--limit-concurrency", args.limit_concurrency),
-                        ("--keep-alive", args.keep_alive)):
+                        ("--receive-timeout", args.receive_timeout), ("--max-batch", args.max_batch),
+                        ("--limit-concurrency", args.limit_concurrency), ("--keep-alive", args.keep_alive),
+                        ("--graceful-timeout", args.graceful_timeout)):
         if not value > 0:
             raise KGDistillError(f"{flag}: must be positive")
     if not args.batch_wait_ms >= 0:
         raise KGDistillError("--batch-wait-ms: must be 0 or more")
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if api_key is not None:
+        check_api_key(api_key)
+    host_patterns(args.allowed_host)  # checked before the model loads
     predictor = _load_predictor(args)
     print(f"serving {predictor.kg.name} ({predictor.num_entities} entities) on http://{args.host}:{args.port} "
-          f"(OpenAPI: /docs)", file=sys.stderr)
-    serve(predictor, args.host, args.port, args.max_body_bytes, args.request_timeout, args.max_batch,
-          args.batch_wait_ms, args.limit_concurrency, args.keep_alive)
+          f"(OpenAPI: /docs; API key {'required' if api_key else 'off'})", file=sys.stderr)
+    serve(predictor, args.host, args.port, allowed_hosts=args.allowed_host, api_key=api_key,
+          limit_concurrency=args.limit_concurrency, timeout_keep_alive=args.keep_alive,
+          graceful_shutdown=args.graceful_timeout, max_body_bytes=args.max_body_bytes,
+          request_timeout=args.request_timeout, receive_timeout=args.receive_timeout, max_batch=args.max_batch,
+          max_wait_ms=args.batch_wait_ms)
 
 
 def add_commands(sub) -> None:
@@ -202,7 +211,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP service (FastAPI): /predict/tails, /predict/heads, /score, "
-                                     "/entities/search, /health")
+                                     "/entities/search, /health, /ready, /metrics")
     _model_args(p)
     _index_args(p)
     p.add_argument("--host", default="127.0.0.1", help="default %(default)s")
@@ -217,4 +226,13 @@ def add_commands(sub) -> None:
     p.add_argument("--limit-concurrency", type=int, default=256,
                    help="connections and requests in flight, more are answered 503; default %(default)s")
     p.add_argument("--keep-alive", type=int, default=5, help="idle keep-alive timeout in seconds; default %(default)s")
+    p.add_argument("--receive-timeout", type=float, default=10.0,
+                   help="seconds to receive a request body once its headers are in, else 408; default %(default)s")
+    p.add_argument("--graceful-timeout", type=int, default=10,
+                   help="seconds in-flight requests get to finish on shutdown; default %(default)s")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every path but /health and /ready "
+                                     "(default: $KGDISTILL_API_KEY; the variable keeps the key out of ps)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="HOST",
+                   help="a Host header to accept besides localhost, 127.0.0.1, ::1 and --host (repeatable; "
+                        "'*.example.com' for subdomains, '*' for any)")
     p.set_defaults(func=cmd_serve)

@@ -25,9 +25,10 @@ KG-BERT (KG-BERT, StAR and their successors; UTF-8, TAB-separated, a BOM and CRL
 - ``train.tsv``, ``dev.tsv`` (the validation split; ``valid.tsv`` is accepted instead), ``test.tsv``:
   ``head<TAB>relation<TAB>tail`` (ids).
 
-A folder is recognised by ``entities.tsv`` (ours), ``entities.json`` (SimKGC) or ``entity2text.txt`` (KG-BERT), in
-that order when it holds several; ``data.format`` names one instead. Every malformed line raises
-:class:`DataError` naming the file and line, as for our format.
+A folder is recognised by ``entities.tsv`` (ours), ``entities.json`` (SimKGC), ``entity2text.txt`` (KG-BERT) or
+``entities.csv`` / ``entities.parquet`` (tables, :mod:`kgdistill.data.frames`), in that order when it holds several;
+``data.format`` names one of the first three instead. Every malformed line raises :class:`DataError` naming the file
+and line, as for our format.
 """
 from __future__ import annotations
 
@@ -41,9 +42,10 @@ from ..errors import DataError
 from ..io import atomic_write_text
 from .dataset import (MAX_FIELD_CHARS, SPLITS, KnowledgeGraph, build_kgdistill, decode_lines, decode_text, fields,
                       parse_triples, read_bytes, read_kgdistill)
+from .frames import TABLE_LAYOUTS, TABLE_MARKERS
 
 FORMATS = ("auto", "kgdistill", "simkgc", "kgbert")
-MARKERS = {"kgdistill": "entities.tsv", "simkgc": "entities.json", "kgbert": "entity2text.txt"}
+MARKERS = {"kgdistill": "entities.tsv", "simkgc": "entities.json", "kgbert": "entity2text.txt", **TABLE_MARKERS}
 SIMKGC_FILES = ("entities.json", *(f"{s}.txt.json" for s in SPLITS))
 KGBERT_FILES = ("entity2text.txt", "relation2text.txt", "train.tsv", "test.tsv")
 KGBERT_OPTIONAL = ("entity2textlong.txt", "entities.txt", "relations.txt")
@@ -273,7 +275,7 @@ def build_kgbert(name: str, source: str, read: dict[str, bytes | None], fingerpr
 
 
 LAYOUTS = {"kgdistill": (read_kgdistill, build_kgdistill), "simkgc": (read_simkgc, build_simkgc),
-           "kgbert": (read_kgbert, build_kgbert)}
+           "kgbert": (read_kgbert, build_kgbert), **TABLE_LAYOUTS}
 
 
 # ---------------------------------------------------------------------------------------------------- writing

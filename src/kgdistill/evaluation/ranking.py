@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..runfolder import RunFolder
 from ..config import EvalConfig
 from ..data.batching import ExampleSet, KnownTails, TokenStore, Tokenized, entity_token_store, pad_store_rows
 from ..data.dataset import SPLITS, KnowledgeGraph
 from ..data.text import TextBuilder, with_inverses
-from ..io import atomic_write_json, atomic_write_text
 from ..results import Result
 from ..runtime import autocast
 from .metrics import rank_metrics
@@ -65,6 +65,27 @@ class EvaluationResult(Result):
         """What ``metrics.json`` holds: the metrics and the timings."""
         return {**self.metrics, "seconds": self.seconds}
 
+    def to_df(self, by_relation: bool = False):
+        """The metrics as a pandas DataFrame (needs pandas): a row per variant and direction; ``by_relation``: a row
+        per relation text (inverse ones apart, no re-ranking), from the predictions dumped with
+        ``eval.dump_predictions``."""
+        import pandas as pd
+
+        if not by_relation:
+            return pd.DataFrame([{"split": self.metrics["split"], "variant": variant, "direction": direction,
+                                  **self.metrics[variant][direction]}
+                                 for variant in ("no_rerank", "rerank") if variant in self.metrics
+                                 for direction in ("forward", "backward", "both")])
+        if self.predictions is None:
+            from ..errors import KGDistillError
+
+            raise KGDistillError("per-relation metrics need the predictions: evaluate with eval.dump_predictions=true")
+        ranks: dict[str, list[float]] = {}
+        for p in self.predictions:
+            ranks.setdefault(p["relation"], []).append(p["rank"])
+        return pd.DataFrame([{"split": self.metrics["split"], "relation": relation, "queries": len(r),
+                              **rank_metrics(np.asarray(r))} for relation, r in ranks.items()])
+
     def table(self) -> str:
         lines = [f"{'':18}{'MR':>9}{'MRR':>8}{'H@1':>8}{'H@3':>8}{'H@10':>8}"]
         for rerank in ("no_rerank", "rerank"):
@@ -79,9 +100,9 @@ class EvaluationResult(Result):
     def save(self, folder: str | Path) -> Path:
         """``metrics.json``, and ``predictions.jsonl`` when the predictions were dumped."""
         folder = Path(folder)
-        atomic_write_json(folder / "metrics.json", self.to_dict())
+        RunFolder(folder).write_json(RunFolder.METRICS, self.to_dict())
         if self.predictions is not None:
-            atomic_write_text(folder / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in self.predictions))
+            RunFolder(folder).write_text(RunFolder.PREDICTIONS, "".join(json.dumps(p) + "\n" for p in self.predictions))
         return folder
 
 
@@ -179,7 +200,8 @@ class Evaluator:
             t3 = time.perf_counter()
         n = len(triples)
         metrics = {"split": split, "num_triples": int(n), "num_entities": self.kg.num_entities,
-                   "tie_policy": self.config.tie_policy}
+                   "tie_policy": self.config.tie_policy, "filter": "train+valid+test",
+                   "dataset_fingerprint": self.kg.fingerprint}
         for name in variants:
             r = ranks[name]
             metrics[name] = {"forward": rank_metrics(r[:n]), "backward": rank_metrics(r[n:])}

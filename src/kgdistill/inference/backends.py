@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runfolder import RunFolder
 from ..data.batching import EncoderBatch
 from ..errors import CheckpointError, KGDistillError
-from ..io import sha256_file
+from ..io import check_inside, sha256_file
 from ..models.biencoder import BiEncoder, Encoded
 from .index import model_fingerprint
 
-EXPORT_META = "export.json"
+EXPORT_META = RunFolder.EXPORT
 
 
 def read_export_meta(folder: Path) -> dict:
@@ -31,6 +32,15 @@ def read_export_meta(folder: Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
+    try:
+        onnx = meta.get("onnx") or {}
+        named = [*onnx.get("files", {}).values(), *onnx.get("int8_files", {}).values()]
+    except AttributeError:
+        raise CheckpointError(f"{path}: 'onnx' and its files must be JSON objects") from None
+    if "dataset" in meta:
+        named.append(meta["dataset"])
+    for relative in named:  # the paths a load reads: inside the export, whatever export.json says
+        check_inside(folder, relative, path)
     return meta
 
 

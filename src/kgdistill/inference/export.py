@@ -2,7 +2,7 @@
 
 Folder layout (``kgdistill export --model RUN --format hf|onnx [--quantize int8] --output OUT``)::
 
-    OUT/model.safetensors, model.json, tokenizer/, manifest.json   the bi-encoder (BiEncoder.load reads it)
+    OUT/model.safetensors, model.json, tokenizer/                  the bi-encoder (BiEncoder.load reads it)
     OUT/config.yaml                                                the run config (data and text settings)
     OUT/data/<dataset>/entities.tsv, relations.tsv, {train,valid,test}.txt
                                                                    entity map and graph (neighbour text, filtering)
@@ -13,6 +13,10 @@ Folder layout (``kgdistill export --model RUN --format hf|onnx [--quantize int8]
     OUT/metrics.json, run.json, train_summary.json                 copied from the run folder when there (metrics only
                                                                    if measured on this checkpoint and dataset)
     OUT/README.md                                                  model card (Hugging Face convention)
+    OUT/manifest.json                                              size and sha256 of every file above, written
+                                                                   last and checked on load (but index/, which
+                                                                   checks itself and may be rebuilt there, and
+                                                                   metrics.json, which evaluate may rewrite)
 
 ``Predictor.from_pretrained(OUT)`` needs nothing else (``backend='onnx'`` runs the ONNX encoders with onnxruntime).
 With ``--quantize int8`` and ``--format hf`` the weights stay fp32 on disk and every Linear layer is quantised
@@ -38,9 +42,9 @@ from ..data.dataset import SPLITS
 from ..data.formats import write_dataset
 from ..data.loading import load_dataset
 from ..errors import KGDistillError
-from ..io import atomic_write_json, replace_dir, sha256_file
-from ..jobs.model_card import write_model_card
-from ..jobs.saved import model_config, resolve_model_dir, run_dir_of
+from ..io import atomic_write_json, probe_writable, replace_dir, sha256_file, write_manifest
+from ..store.model_card import write_model_card
+from ..store.saved import model_config, resolve_model_dir, run_dir_of
 from ..models.biencoder import BiEncoder, load_model_tokenizer
 from ..results import Result
 from ..training.checkpoint import BEST, LAST
@@ -53,6 +57,7 @@ EXPORT_FORMAT = "kgdistill-export"
 FORMATS = ("hf", "onnx")
 ONNX_FILES = {"query": "onnx/query_encoder.onnx", "entity": "onnx/entity_encoder.onnx"}
 ONNX_OPSET = 17
+REWRITTEN = ("index/", "metrics.json")  # files of an export that later jobs rewrite: left out of its manifest
 
 
 class _PooledEncoder(nn.Module):
@@ -138,6 +143,10 @@ def _check_output(output: Path, source: Path) -> None:
             raise KGDistillError(f"output {output}: exists and is not a folder")
         if any(output.iterdir()) and not (output / EXPORT_META).is_file():
             raise KGDistillError(f"output {output}: not empty and not a previous export; choose another folder")
+    try:
+        probe_writable(output.parent)  # where the export is staged, then renamed into place
+    except OSError as exc:
+        raise KGDistillError(f"output {output}: cannot write there ({exc.strerror})") from None
 
 
 def _copy_run_files(source: Path, config: RunConfig, same_dataset: bool, stage: Path) -> None:
@@ -224,7 +233,9 @@ def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", 
                         "dataset": data_rel, "dataset_name": kg.name, "source": str(source.resolve()),
                         "weights_sha256": sha256_file(stage / "model.safetensors")}
         atomic_write_json(stage / EXPORT_META, report)
-        predictor = Predictor.from_pretrained(stage, index_dtype=index_dtype, device="cpu", progress=progress)
+        predictor = Predictor.from_pretrained(stage, index_dtype=index_dtype, device="cpu", progress=progress,
+                                              save_index=False)
+        predictor.index.save(stage / "index", "entities")  # saved here, not by the predictor: a failure is an error
         report["index"] = {"files": ["index/entities.npy", "index/entities.json"], "dtype": predictor.index.dtype,
                            "entities": len(predictor.index), "model_fingerprint": predictor.fingerprint}
         batches = _sample_batches(predictor)
@@ -250,13 +261,16 @@ def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", 
                          onnx_report["int8_max_abs_diff_vs_pytorch"])
             report["onnx"] = onnx_report
             atomic_write_json(stage / EXPORT_META, report)
-            onnx_predictor = Predictor.from_pretrained(stage, backend="onnx", index_dtype=index_dtype, device="cpu")
+            onnx_predictor = Predictor.from_pretrained(stage, backend="onnx", index_dtype=index_dtype, device="cpu",
+                                                       save_index=False)
             stem = "entities-onnx" + ("-int8" if quantize == "int8" else "")
+            onnx_predictor.index.save(stage / "index", stem)
             report["onnx"]["index"] = {"files": [f"index/{stem}.npy", f"index/{stem}.json"],
                                        "model_fingerprint": onnx_predictor.fingerprint}
         atomic_write_json(stage / EXPORT_META, report)
         _copy_run_files(source, config, dataset is None, stage)
         write_model_card(stage, name=output.name)
+        write_manifest(stage, exclude=REWRITTEN)  # last: it covers every file above
         replace_dir(stage, output)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

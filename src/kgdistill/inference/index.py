@@ -3,16 +3,19 @@
 Layout (two files with one stem, e.g. ``run/index/checkpoint-last.{npy,json}``):
 
 - ``<stem>.npy``: ``(num_entities, dim)`` float16 or float32 unit vectors, opened with ``np.load(mmap_mode='r')``;
-- ``<stem>.json``: entity ids (row order), dtype, dim, the model fingerprint (sha256 of ``model.safetensors`` as listed
-  in the model folder's manifest) and a key of the data and text settings the vectors were encoded with.
+- ``<stem>.json``: entity ids (row order), dtype, dim, the size and sha256 of ``<stem>.npy`` (written after it), the
+  model fingerprint (sha256 of ``model.safetensors`` as listed in the model folder's manifest) and a key of the data
+  and text settings the vectors were encoded with.
 
-An index whose fingerprint or data key differs from the model and data in use is stale and is rebuilt, never used.
+An index whose fingerprint or data key differs from the model and data in use is stale, and one whose ``.npy`` fails
+its size or checksum is damaged: either is rebuilt, never used.
 Search is exact by default: torch matmul over chunks of rows with a running top-k, so memory stays bounded by
 ``queries x chunk``. FAISS (``pip install faiss-cpu``) adds flat, IVF and HNSW indexes; building one reports its
 recall@10 against the exact search.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -30,7 +33,7 @@ from ..io import MANIFEST, atomic_write_bytes, atomic_write_json, sha256_file
 log = logging.getLogger("kgdistill")
 
 INDEX_FORMAT = "kgdistill-entity-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the .npy checksum
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
 FAISS_KINDS = ("flat", "ivf", "hnsw")
 CHECKPOINT_NAMES = ("checkpoint-last", "checkpoint-best")
@@ -232,16 +235,28 @@ class EntityIndex:
         npy, meta_path = folder / f"{stem}.npy", folder / f"{stem}.json"
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(self.vectors), allow_pickle=False)
-        atomic_write_bytes(npy, buffer.getvalue())
+        data = buffer.getvalue()
+        atomic_write_bytes(npy, data)
         meta = {**self.meta, "format": INDEX_FORMAT, "version": INDEX_VERSION, "dtype": self.dtype,
-                "dim": self.dim, "count": self.num_base, "npy_bytes": npy.stat().st_size, "ids": self.ids}
+                "dim": self.dim, "count": self.num_base, "npy_bytes": len(data),
+                "npy_sha256": hashlib.sha256(data).hexdigest(), "ids": self.ids}
         atomic_write_json(meta_path, meta)
         self.meta = meta
         return npy, meta_path
 
+    @staticmethod
+    def verify(npy: Path, meta: dict) -> None:
+        """Raise :class:`CheckpointError` naming ``npy`` unless its size and sha256 are the ones its JSON records."""
+        size = npy.stat().st_size
+        if size != meta["npy_bytes"]:
+            raise CheckpointError(f"{npy}: {size} bytes, expected {meta['npy_bytes']} (truncated or replaced)")
+        if sha256_file(npy) != meta["npy_sha256"]:
+            raise CheckpointError(f"{npy}: checksum mismatch (corrupted)")
+
     @classmethod
     def open(cls, folder: str | Path, stem: str, expect: dict | None = None) -> "EntityIndex | None":
-        """Memory-map a saved index; None when it is missing, unreadable or stale (``expect`` keys differ)."""
+        """Memory-map a saved index; None (logged) when it is missing, unreadable, damaged (:meth:`verify`) or stale
+        (``expect`` keys differ)."""
         folder = Path(folder)
         npy, meta_path = folder / f"{stem}.npy", folder / f"{stem}.json"
         if not (npy.is_file() and meta_path.is_file()):
@@ -254,13 +269,12 @@ class EntityIndex:
                 if meta.get(key) != value:
                     log.info("entity index %s is stale (%s differs); rebuilding", meta_path, key)
                     return None
-            if npy.stat().st_size != meta["npy_bytes"]:
-                raise ValueError("size differs from the one recorded")
+            cls.verify(npy, meta)
             vectors = np.load(npy, mmap_mode="r", allow_pickle=False)
             if vectors.shape != (meta["count"], meta["dim"]) or vectors.dtype != DTYPES[meta["dtype"]]:
                 raise ValueError(f"shape {vectors.shape} {vectors.dtype} differs from the one recorded")
             return cls(vectors, meta["ids"], meta)
-        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (CheckpointError, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             log.warning("entity index %s cannot be used (%s); rebuilding", meta_path, exc)
             return None
 

@@ -14,8 +14,10 @@ Entities are given by id, by name (an ambiguous name is an error listing the can
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,8 +34,8 @@ from ..data.text import with_inverses
 from ..errors import CheckpointError, KGDistillError
 from ..evaluation.ranking import encode_store
 from ..evaluation.ranks import ranks_from_scores
-from ..jobs.context import DataContext
-from ..jobs.saved import model_config, resolve_model_dir
+from ..store.context import DataContext
+from ..store.saved import model_config, resolve_model_dir
 from ..models.biencoder import BiEncoder, load_model_tokenizer
 from ..runtime import pick_device, resolve_precision
 from .backends import load_backend, read_export_meta
@@ -86,7 +88,7 @@ class Prediction:
     relation: str  # relation text as the model reads it (forward text; inverse text is 'inverse ' + text)
     relation_id: str
     results: list[ScoredEntity]
-    filtered: list[ScoredEntity] = field(default_factory=list)  # known answers that ranked among the results
+    filtered: list[ScoredEntity] = field(default_factory=list)  # known answers ranked among the results (<= k)
     num_filtered: int = 0  # every known answer of the query, removed from the ranking
 
     def to_dict(self) -> dict:
@@ -94,6 +96,15 @@ class Prediction:
         return {"direction": self.direction, "entity": self.entity, "relation": self.relation,
                 "relation_id": self.relation_id, "results": [r.to_dict() for r in self.results],
                 "filtered": [r.to_dict() for r in self.filtered], "num_filtered": self.num_filtered}
+
+    def to_df(self):
+        """The answers as a pandas DataFrame, best first (needs pandas): the results, then the known answers that
+        ``filter_known`` set aside (``filtered`` True, no rank)."""
+        import pandas as pd
+
+        rows = [{**asdict(r), "filtered": False} for r in self.results]
+        rows += [{**asdict(r), "filtered": True} for r in self.filtered]
+        return pd.DataFrame(rows, columns=["rank", "id", "name", "score", "filtered", "splits"])
 
     def table(self) -> str:
         """The prediction as a readable table, best first, with a line on the filtered known answers."""
@@ -111,17 +122,33 @@ class Prediction:
         return "\n".join(lines)
 
 
+def _locked(method):
+    """Run a :class:`Predictor` method holding the predictor's lock."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Predictor:
     """Link prediction with a trained bi-encoder over a knowledge graph's entities (plus any added ones).
 
     Names are resolved by its :class:`~kgdistill.inference.vocabulary.EntityVocabulary` (``vocab``), candidates
     searched in its :class:`~kgdistill.inference.index.EntityIndex` (``index``, loaded or built through ``store``),
-    and a gold answer's rank is computed by the evaluator's own ranking code."""
+    and a gold answer's rank is computed by the evaluator's own ranking code.
+
+    Thread-safe: encoding, searching and adding entities hold one lock (an ``RLock``: they call each other), so a
+    search never sees index rows the vocabulary lacks yet and the fast tokenizer is never used by two threads at once
+    ("Already borrowed"). Resolving names takes no lock (the HTTP service resolves on its event loop)."""
 
     def __init__(self, model, tokenizer, config: RunConfig, kg: KnowledgeGraph | None = None,
                  device: str | torch.device | None = None, precision: str | None = None,
                  index: EntityIndex | None = None, store: IndexStore | None = None, fingerprint: str | None = None,
                  index_kind: str = "exact", info: dict | None = None, progress: bool = False):
+        self._lock = threading.RLock()
         self.device = pick_device("auto") if device is None else torch.device(device)
         self.model = model.eval().to(self.device) if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer
@@ -189,6 +216,7 @@ class Predictor:
                  str(getattr(self.model, "pooling", ""))]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
+    @_locked
     def encode_all_entities(self) -> torch.Tensor:
         """Every entity's evaluation-text vector, exactly as the evaluator encodes them."""
         store = entity_token_store(self.texts, self.tokenized, self.kg.name)
@@ -196,6 +224,7 @@ class Predictor:
                             self.config.eval.batch_size, self.precision,
                             "entities" if self.progress else None).cpu()
 
+    @_locked
     def build_faiss(self, kind: str, **kwargs) -> dict:
         """Replace exact search by a FAISS index; reports recall@10 against exact on test/valid queries."""
         if kind not in FAISS_KINDS:
@@ -222,10 +251,12 @@ class Predictor:
         """A relation id, text, 'inverse ' + text, or index; the index (inverse ones offset by num_relations)."""
         return self.vocab.resolve_relation(relation)
 
+    @_locked
     def search_entities(self, prefix: str, limit: int = 20) -> list[dict]:
         """``{id, name}`` of the entities whose id or name starts with ``prefix`` (case-insensitive)."""
         return self.vocab.search_entities(prefix, limit)
 
+    @_locked
     def add_entities(self, entities: Iterable[dict]) -> list[str]:
         """Add new candidate entities ``{id, name, description}``; they are ranked with the dataset's ones."""
         new = self.vocab.check_new(entities)
@@ -236,12 +267,14 @@ class Predictor:
         return [e["id"] for e in new]
 
     # ------------------------------------------------------------------ encoding
+    @_locked
     def _encode_pairs(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
         """Query vectors of (entity text, relation text) pairs, tokenised as the evaluation's ExampleSet does."""
         store = tokenize(self.tokenizer, [a for a, _ in pairs], [b for _, b in pairs], self.config.data.max_tokens)
         return encode_store(self.model.encode_queries, store, self.tokenized, self.device,
                             self.config.eval.batch_size, self.precision).cpu()
 
+    @_locked
     def _encode_entity_texts(self, texts: list[str]) -> torch.Tensor:
         store = tokenize(self.tokenizer, texts, None, self.config.data.max_tokens)
         return encode_store(self.model.encode_entities, store, self.tokenized, self.device,
@@ -258,8 +291,12 @@ class Predictor:
             return np.zeros(0, dtype=np.int64)
         return self.known_all.tails_of(entity.row, relation)
 
-    def _splits_of(self, head: int, relation: int, tail: int) -> list[str]:
-        return [s for s in SPLITS if tail in set(self.known_split[s].tails_of(head, relation).tolist())]
+    def _splits_of(self, head: int, relation: int, tails: list[int]) -> list[list[str]]:
+        """Where each of ``tails`` is known from: each split's answers are looked up once per query, not once per
+        tail (that made a query's cost grow with the square of its known answers)."""
+        rows = np.asarray(tails, dtype=np.int64)
+        found = {s: np.isin(rows, self.known_split[s].tails_of(head, relation)) for s in SPLITS}
+        return [[s for s in SPLITS if found[s][i]] for i in range(len(rows))]
 
     def _known_set(self, query: ResolvedQuery) -> set[int]:
         if not query.filter_known:
@@ -267,18 +304,22 @@ class Predictor:
         return set(self._known(query.entity, query.relation).tolist()) - query.keep
 
     def _rank(self, query: ResolvedQuery, known_set: set[int], scores: list[float], rows: list[int]) -> Prediction:
-        """The top ``k`` of one query's search results (best first), known answers set aside as filtered."""
+        """The top ``k`` of one query's search results (best first), known answers set aside as filtered: at most
+        ``k`` of them, the best (a hub can have thousands; ``num_filtered`` counts them all)."""
         entity, relation = query.entity, query.relation
-        results, filtered = [], []
+        results, known = [], []
         for score, row in zip(scores, rows):
             if row < 0 or len(results) >= query.k:
                 continue
             if row in known_set:
-                filtered.append(ScoredEntity(self.vocab.entity_id(row), self.vocab.entity_name(row), float(score),
-                                             splits=self._splits_of(entity.row, relation, row)))
+                if len(known) < query.k:
+                    known.append((float(score), row))
                 continue
             results.append(ScoredEntity(self.vocab.entity_id(row), self.vocab.entity_name(row), float(score),
                                         len(results) + 1))
+        splits = self._splits_of(entity.row, relation, [row for _, row in known]) if known else []
+        filtered = [ScoredEntity(self.vocab.entity_id(row), self.vocab.entity_name(row), score, splits=where)
+                    for (score, row), where in zip(known, splits)]
         r = self.kg.num_relations
         return Prediction(query.direction, entity.describe(), self.texts.relation_text(relation % r),
                           self.kg.relation_ids[relation % r], results, filtered, len(known_set))
@@ -303,6 +344,7 @@ class Predictor:
             rel = (rel + r) % (2 * r)
         return ResolvedQuery(e, rel, direction, k, filter_known, keep)
 
+    @_locked
     def predict_resolved(self, queries: list[ResolvedQuery]) -> list[Prediction]:
         """One query-encoder call and one index search for all ``queries``; each keeps its own k and filter."""
         if not queries:
@@ -357,6 +399,7 @@ class Predictor:
             items.append((q["head"], q["relation"], "tail") if "head" in q else (q["tail"], q["relation"], "head"))
         return self._predict(items, k, filter_known, progress=progress)
 
+    @_locked
     @torch.no_grad()
     def score(self, head: Any, relation: Any, tail: Any) -> float:
         """Cosine score of a triple, as the evaluator ranks it; head and tail may be unseen entities."""
@@ -367,6 +410,7 @@ class Predictor:
         e = self.index.rows([t.row]) if t.row is not None else self._encode_entity_texts([t.text])
         return float((q @ e.T)[0, 0])
 
+    @_locked
     @torch.no_grad()
     def rank(self, head: Any, relation: Any, tail: Any, filter_known: bool = True, tie_policy: str = "realistic"
              ) -> float:

@@ -212,17 +212,18 @@ class EntityVocabulary:
     # ------------------------------------------------------------------ search
     def search_rows(self, prefix: str, limit: int = 20) -> list[int]:
         """Rows whose id or name starts with ``prefix`` (case-insensitive), exact matches first."""
-        if self._sorted_names is None:
-            pairs = [(_norm(self.entity_name(r)), r) for r in range(len(self))]
-            pairs += [(self.entity_id(r).lower(), r) for r in range(len(self))]
-            self._sorted_names = sorted(pairs)
+        names = self._sorted_names  # read once: add() may reset it meanwhile
+        if names is None:
+            rows = range(len(self))
+            names = self._sorted_names = sorted([(_norm(self.entity_name(r)), r) for r in rows]
+                                                + [(self.entity_id(r).lower(), r) for r in rows])
         key = _norm(prefix)
         if not key:
             return []
         out: list[int] = []
         seen = set()
-        start = bisect_left(self._sorted_names, (key, -1))
-        for text, row in self._sorted_names[start:]:
+        start = bisect_left(names, (key, -1))
+        for text, row in names[start:]:
             if not text.startswith(key) or len(out) >= limit:
                 break
             if row not in seen:

@@ -1,4 +1,4 @@
-"""Jobs on run folders, shared by every layer above: a saved model's folder and config
-(:mod:`~kgdistill.jobs.saved`), the data a job runs on (:mod:`~kgdistill.jobs.context`), the teacher's training
-(:mod:`~kgdistill.jobs.train`), evaluation (:mod:`~kgdistill.jobs.evaluate`) and model cards
-(:mod:`~kgdistill.jobs.model_card`)."""
+"""Every job, each a function of a resolved :class:`~kgdistill.config.RunConfig` and a run folder: ``train``
+(:mod:`~kgdistill.jobs.train`), ``evaluate`` (:mod:`~kgdistill.jobs.evaluate`), ``distill``
+(:mod:`~kgdistill.jobs.distill`), ``pipeline`` (:mod:`~kgdistill.jobs.pipeline`) and ``tune``
+(:mod:`~kgdistill.jobs.tune`)."""

@@ -8,8 +8,8 @@ from ..evaluation.ranking import EvaluationResult
 from ..models.biencoder import BiEncoder
 from ..runtime import pick_device
 from ..training.checkpoint import BEST
-from .context import DataContext
-from .saved import load_model, model_config, run_dir_of
+from ..store.context import DataContext
+from ..store.saved import load_model, model_config, run_dir_of
 
 
 def evaluate_in_run(run_dir: Path, data: DataContext, model: BiEncoder, config: RunConfig,

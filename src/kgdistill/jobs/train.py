@@ -10,6 +10,7 @@ from .. import distributed
 from ..config import RunConfig
 from ..errors import KGDistillError
 from ..evaluation.ranking import EvaluationResult
+from ..io import lock_folder
 from ..losses.contrastive import InfoNCELoss
 from ..models.builder import build_model
 from ..results import Result
@@ -18,7 +19,7 @@ from ..training.checkpoint import LAST
 from ..training.objectives import ContrastiveObjective
 from ..training.trackers import make_trackers
 from ..training.trainer import Trainer, TrainResult, write_run_info
-from .context import DataContext
+from ..store.context import DataContext
 from .evaluate import evaluate_in_run
 
 
@@ -58,7 +59,12 @@ class TrainOutcome(Result):
 
 
 def guard_output(run_dir: Path, resume: bool) -> None:
-    """A folder that already holds a run is continued only with ``resume``, never overwritten."""
+    """A folder that already holds a run is continued only with ``resume``, never overwritten; and by one process at
+    a time: the main process locks it (:func:`~kgdistill.io.lock_folder`, ``RUN_DIR/.lock``) until it exits, so a
+    second run, or a resume of a live one, fails naming the owner's pid instead of deleting its temporary
+    checkpoints."""
+    if distributed.is_main():
+        lock_folder(run_dir)
     if (run_dir / LAST).exists() and not resume:
         raise KGDistillError(f"{run_dir}: already holds a run; pass resume=True to continue it or choose another "
                              f"output_dir")
@@ -80,7 +86,8 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False, evalu
     data = DataContext(config, tokenizer)
     write_run_info(run_dir, config, {"job": "train", "dataset": data.kg.summary()})
     loss = InfoNCELoss(model, config.loss, data.known_train, config.train.batch_size)
-    trainer = Trainer(run_dir, config, ContrastiveObjective(model, loss), data.train_set(), data.valid_set(),
+    objective = ContrastiveObjective(model, loss, config.train.gradient_cache_chunk)
+    trainer = Trainer(run_dir, config, objective, data.train_set(), data.valid_set(),
                       tokenizer, progress=progress, callbacks=callbacks, ranker=data.valid_ranker())
     if resume:
         trainer.resume()

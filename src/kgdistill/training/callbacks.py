@@ -3,7 +3,9 @@ truth), the progress bar and checkpointing are the trainer's own; a job adds mor
 trackers).
 
 Per step the trainer calls, in order: ``on_validate`` when it validated at this step, then ``on_step_end``; every
-checkpoint written calls ``on_save``. ``on_train_begin`` and ``on_train_end`` frame a call of ``Trainer.train``;
+checkpoint written calls ``on_save``. Callbacks read ``trainer.state`` (:class:`TrainerState`) and ask for checkpoints
+or a stop through ``trainer.control`` (:class:`TrainerControl`), as Hugging Face's ``TrainerCallback`` does; the
+trainer acts on the flags after each hook round. ``on_train_begin`` and ``on_train_end`` frame a call of ``Trainer.train``;
 ``on_train_end`` also runs when training stops with an error (``result`` None then).
 """
 from __future__ import annotations
@@ -16,12 +18,33 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from ..runfolder import RunFolder
 from .checkpoint import BEST, LAST
 
 if TYPE_CHECKING:
     from .trainer import Trainer, TrainResult
 
-LOG_NAME = "train_log.jsonl"
+LOG_NAME = RunFolder.LOG
+
+
+@dataclass
+class TrainerState:
+    """Where training is, saved in checkpoints (``step``, ``best_valid``, ``skipped``) and read by callbacks."""
+
+    step: int = 0  # steps done in all (a resumed run counts the earlier ones)
+    total_steps: int = 0
+    best_valid: float | None = None  # best validation metric so far (:func:`selection_metric`)
+    skipped: int = 0  # batches skipped for a non-finite loss
+
+
+@dataclass
+class TrainerControl:
+    """What callbacks ask the trainer to do; the trainer acts on the flags after the hooks of a step and clears
+    them (callbacks never call the trainer's methods)."""
+
+    should_save: bool = False  # write checkpoint-last
+    should_save_best: bool = False  # write checkpoint-best
+    should_stop: bool = False  # end training after this step
 
 
 @dataclass
@@ -85,7 +108,7 @@ class ProgressBar(Callback):
         self.bar = None
 
     def on_train_begin(self, trainer: Trainer) -> None:
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="train", unit="step",
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.state.step, desc="train", unit="step",
                         disable=not trainer.progress, dynamic_ncols=True)
 
     def on_step_end(self, trainer: Trainer, step: StepEnd) -> None:
@@ -106,16 +129,36 @@ def selection_metric(metrics: dict) -> str:
 
 
 class Checkpointing(Callback):
-    """``checkpoint-best`` whenever the validation metric (:func:`selection_metric`) improves; ``checkpoint-last``
-    every ``train.checkpoint_every`` steps and after the last one (after that step's validation, so that it records
-    it)."""
+    """Asks for ``checkpoint-best`` whenever the validation metric (:func:`selection_metric`) improves, and for
+    ``checkpoint-last`` every ``train.checkpoint_every`` steps and after the last one (after that step's validation,
+    so that it records it)."""
 
     def on_validate(self, trainer: Trainer, metrics: dict) -> None:
         value = metrics[selection_metric(metrics)]
-        if trainer.best_valid is None or value > trainer.best_valid:
-            trainer.best_valid = value
-            trainer.save(BEST)
+        if trainer.state.best_valid is None or value > trainer.state.best_valid:
+            trainer.state.best_valid = value
+            trainer.control.should_save_best = True
 
     def on_step_end(self, trainer: Trainer, step: StepEnd) -> None:
         if step.step % trainer.config.train.checkpoint_every == 0 or step.left == 0:
-            trainer.save(LAST)
+            trainer.control.should_save = True
+
+
+class EarlyStopping(Callback):
+    """Stops training when the validation metric (:func:`selection_metric`) has not improved for ``patience``
+    validations in a row (``train.early_stopping_patience``); the run ends on a ``checkpoint-last`` and
+    ``checkpoint-best`` keeps the best model."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best: float | None = None
+        self.waited = 0
+
+    def on_validate(self, trainer: Trainer, metrics: dict) -> None:
+        value = metrics[selection_metric(metrics)]
+        if self.best is None or value > self.best:
+            self.best, self.waited = value, 0
+            return
+        self.waited += 1
+        if self.waited >= self.patience:
+            trainer.control.should_stop = True

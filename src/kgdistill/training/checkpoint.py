@@ -5,13 +5,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ..runfolder import RunFolder
 from ..errors import CheckpointError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, save_tensors
 
 STATE_DIR = "trainer_state"
-LAST, BEST = "checkpoint-last", "checkpoint-best"  # a run folder's two checkpoints
+LAST, BEST = RunFolder.LAST, RunFolder.BEST  # a run folder's two checkpoints
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -43,9 +44,8 @@ def save_training_state(folder: Path, optimizer, scheduler, objective_state: dic
     out = folder / STATE_DIR
     out.mkdir(parents=True, exist_ok=True)
     tensors, meta = _flatten_optimizer(optimizer)
-    save_file(tensors, str(out / "optimizer.safetensors"))
-    save_file({k: v.detach().contiguous().cpu() for k, v in objective_state.items()},
-              str(out / "objective.safetensors"))
+    save_tensors(out / "optimizer.safetensors", tensors)
+    save_tensors(out / "objective.safetensors", {k: v.detach().contiguous().cpu() for k, v in objective_state.items()})
     atomic_write_json(out / "state.json", {"optimizer": meta, "scheduler": scheduler.state_dict(),
                                            "progress": progress, "cpu_rng": torch.get_rng_state().tolist()})
 

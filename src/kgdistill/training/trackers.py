@@ -4,8 +4,9 @@ one on for a job.
 
 A tracker only mirrors what the JSONL log records (``train_log.jsonl`` stays the source of truth): every training
 record under ``train/``, every validation under ``valid/``, at its step. TensorBoard writes event files to
-``<run>/tensorboard``; MLflow logs to a local file store, ``<run>/mlruns``, unless ``MLFLOW_TRACKING_URI`` names
-another, with the run's config as parameters.
+``<run>/tensorboard``; MLflow logs to a local SQLite store, ``<run>/mlflow.db`` (MLflow 3 refuses its old file store),
+unless ``MLFLOW_TRACKING_URI`` names another, with the run's config as parameters and ``@`` in metric names spelled
+``_at_`` (``valid/valid_acc_at_1``: MLflow refuses ``@``).
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ class TrackerUnavailableError(KGDistillError):
 def _scalars(record: dict | None) -> dict[str, float]:
     return {k: float(v) for k, v in (record or {}).items()
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def mlflow_metric_name(name: str) -> str:
+    """MLflow allows only alphanumerics and ``_ - . : /`` and spaces in metric names: ``acc@1`` -> ``acc_at_1``."""
+    return name.replace("@", "_at_")
 
 
 def _flat(values: dict, prefix: str = "") -> dict[str, str]:
@@ -68,7 +74,7 @@ class TensorBoardTracker(Callback):
 
 
 class MLflowTracker(Callback):
-    """Metrics and the run's config to MLflow: a local file store in the run folder (``<run>/mlruns``) unless
+    """Metrics and the run's config to MLflow: a local SQLite store in the run folder (``<run>/mlflow.db``) unless
     ``MLFLOW_TRACKING_URI`` or ``tracking_uri`` names another; one MLflow run per training run; rank 0 only."""
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "kgdistill"):
@@ -84,7 +90,7 @@ class MLflowTracker(Callback):
         if trainer.rank != 0:
             return
         mlflow = self.module
-        local = (trainer.run_dir / "mlruns").resolve().as_uri()
+        local = f"sqlite:///{(trainer.run_dir / 'mlflow.db').resolve()}"
         mlflow.set_tracking_uri(self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local)
         mlflow.set_experiment(self.experiment)
         mlflow.start_run(run_name=trainer.run_dir.name)
@@ -95,7 +101,7 @@ class MLflowTracker(Callback):
         if self.mlflow is None:
             return
         for prefix, values in (("train", step.record), ("valid", step.validation)):
-            scalars = {f"{prefix}/{k}": v for k, v in _scalars(values).items()}
+            scalars = {f"{prefix}/{mlflow_metric_name(k)}": v for k, v in _scalars(values).items()}
             if scalars:
                 self.mlflow.log_metrics(scalars, step=step.step)
 

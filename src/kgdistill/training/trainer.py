@@ -21,18 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..runfolder import RunFolder
 from .. import distributed
 from ..config import RunConfig
 from ..data.batching import BatchOrder, ExampleSet
 from ..errors import CheckpointError, KGDistillError
-from ..io import atomic_write_json, atomic_write_text, environment_info, recover_dir
+from ..io import atomic_write_text, environment_info, recover_dir
 from ..models.biencoder import BiEncoder
 from ..models.fast_dropout import use_fast_dropout
 from ..results import Result
 from ..runtime import autocast, pick_device, precision_info, set_threads
-from .callbacks import LOG_NAME, Callback, Checkpointing, JsonlLog, ProgressBar, StepEnd
+from .callbacks import (LOG_NAME, Callback, Checkpointing, EarlyStopping, JsonlLog, ProgressBar, StepEnd,
+                        TrainerControl, TrainerState)
 from .checkpoint import BEST, LAST, load_training_state, save_training_state
-from .objectives import Objective, supports_cached_step
+from .objectives import Objective
 
 
 class NonFiniteLossError(KGDistillError):
@@ -83,8 +85,8 @@ class TrainResult(Result):
                 f"{self.final_loss:.4f}")
 
     def save(self, folder: str | Path) -> Path:
-        """``train_summary.json``."""
-        atomic_write_json(Path(folder) / "train_summary.json", self.to_dict())
+        """``train_summary.json`` (:attr:`RunFolder.SUMMARY`)."""
+        RunFolder(folder).write_json(RunFolder.SUMMARY, self.to_dict())
         return Path(folder)
 
 
@@ -100,12 +102,11 @@ def make_adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
 
 
 class Trainer:
-    """Trains an objective's model for ``total_steps`` (default ``train.max_steps`` or epochs), with validation,
-    checkpoints and resume."""
+    """Trains an objective's model for ``train.max_steps`` (else ``train.epochs``), with validation, checkpoints and
+    resume."""
 
     def __init__(self, run_dir: str | Path, config: RunConfig, objective: Objective, train_set: ExampleSet,
-                 valid_set: ExampleSet | None, tokenizer, total_steps: int | None = None, lr: float | None = None,
-                 progress: bool = True, callbacks: list[Callback] | None = None,
+                 valid_set: ExampleSet | None, tokenizer, progress: bool = True, callbacks: list[Callback] | None = None,
                  ranker: Callable[[BiEncoder], dict[str, float]] | None = None):
         self.callbacks = list(callbacks or [])  # after the trainer's own: JSONL log, progress bar, checkpointing
         self._running: list[Callback] | None = None  # all of them, while train() runs
@@ -135,9 +136,9 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise KGDistillError(f"config key 'train.batch_size': {tc.batch_size} is larger than the "
                                  f"{len(train_set)} training examples")
-        self.total_steps = total_steps or tc.max_steps or math.ceil(tc.epochs * self.steps_per_epoch)
+        self.total_steps = tc.max_steps or math.ceil(tc.epochs * self.steps_per_epoch)
         params = [p for p in objective.parameters() if p.requires_grad]
-        self.optimizer = make_adamw(params, lr or tc.lr, tc.weight_decay, tc.fused_optimizer)
+        self.optimizer = make_adamw(params, tc.lr, tc.weight_decay, tc.fused_optimizer)
         warmup = min(tc.warmup_steps, max(self.total_steps // 10, 1)) if tc.warmup_steps else 0
 
         def schedule(step: int) -> float:
@@ -146,9 +147,8 @@ class Trainer:
             return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self.step = 0
-        self.best_valid: float | None = None
-        self.skipped = 0
+        self.state = TrainerState()
+        self.control = TrainerControl()
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.step_module = self.objective
         if self.world > 1:
@@ -160,10 +160,6 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.step_module = DistributedDataParallel(self.objective, find_unused_parameters=True)
-        self.cached_chunk = tc.gradient_cache_chunk
-        if self.cached_chunk is not None and not supports_cached_step(objective):
-            raise KGDistillError(f"config key 'train.gradient_cache_chunk': {type(objective).__name__} has no "
-                                 f"gradient-cache step; leave the key unset for this job")
         self.progress = progress and self.rank == 0
 
     # ------------------------------------------------------------------ data order
@@ -181,7 +177,7 @@ class Trainer:
         """Write ``checkpoint-last`` (with the training state, for resume) or ``checkpoint-best`` (the model alone)."""
         if self.rank != 0:
             return
-        progress = {"step": self.step, "best_valid": self.best_valid, "skipped": self.skipped,
+        progress = {"step": self.state.step, "best_valid": self.state.best_valid, "skipped": self.state.skipped,
                     "total_steps": self.total_steps}
 
         def extra(folder: Path) -> None:
@@ -210,14 +206,14 @@ class Trainer:
         if progress.get("total_steps") != self.total_steps:
             raise CheckpointError(f"{folder}: saved for {progress.get('total_steps')} steps but this run has "
                                   f"{self.total_steps}; resume with the same config")
-        self.step = int(progress["step"])
+        self.state.step = int(progress["step"])
         log_path = self.run_dir / LOG_NAME
         if log_path.is_file():  # drop records of steps after the checkpoint: they are redone
             kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and _logged_step(line) <= self.step]
+                    if line.strip() and _logged_step(line) <= self.state.step]
             atomic_write_text(log_path, "".join(line + "\n" for line in kept))
-        self.best_valid = progress["best_valid"]
-        self.skipped = int(progress["skipped"])
+        self.state.best_valid = progress["best_valid"]
+        self.state.skipped = int(progress["skipped"])
         return True
 
     # ------------------------------------------------------------------ validation
@@ -253,27 +249,22 @@ class Trainer:
         return self._running if self._running is not None else self.callbacks
 
     def train_step(self, batch) -> tuple[torch.Tensor, dict]:
-        """One optimisation step on ``batch``, as :meth:`train` takes it: forward under autocast (chunk by chunk with
-        the gradient cache), backward, clipping, the optimiser and the schedule. A non-finite loss is skipped with
+        """One optimisation step on ``batch``, as :meth:`train` takes it: forward under autocast, backward, clipping, the optimiser and the schedule. A non-finite loss is skipped with
         ``train.skip_nonfinite``, else it raises :class:`NonFiniteLossError`. Returns the loss and the numbers to
         log."""
         tc = self.config.train
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, tc.precision):
-            if self.cached_chunk is not None:  # the objective back-propagates chunk by chunk itself
-                loss, logs = self.objective.cached_step(batch.to(self.device), self.cached_chunk)
-            else:
-                loss, logs = self.step_module(batch.to(self.device), step=self.step)
+            loss, logs = self.step_module(batch.to(self.device), step=self.state.step)
         if not torch.isfinite(loss):
             if not tc.skip_nonfinite:
                 raise NonFiniteLossError(
-                    f"non-finite loss ({float(loss.detach())}) at step {self.step}; last good checkpoint kept in "
+                    f"non-finite loss ({float(loss.detach())}) at step {self.state.step}; last good checkpoint kept in "
                     f"{self.run_dir / LAST} (lower train.lr or set train.skip_nonfinite=true)")
-            self.skipped += 1
+            self.state.skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
         else:
-            if self.cached_chunk is None:
-                loss.backward()
+            loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.objective.parameters() if p.requires_grad], tc.grad_clip)
             self.optimizer.step()
@@ -281,47 +272,69 @@ class Trainer:
         self.scheduler.step()
         return loss, logs
 
+    @property
+    def step(self) -> int:
+        """Steps done in all (``state.step``)."""
+        return self.state.step
+
+    def _act(self) -> None:
+        """Carry out what the callbacks asked for (:class:`TrainerControl`), then clear the requests."""
+        if self.control.should_save_best:
+            self.save(BEST)
+        if self.control.should_save:
+            self.save(LAST)
+        self.control.should_save = self.control.should_save_best = False
+
     def train(self) -> TrainResult:
-        """Run the remaining steps; returns the summary, also written as ``train_summary.json``."""
+        """Run the remaining steps (fewer when a callback asks to stop); returns the summary, also written as
+        ``train_summary.json``."""
         tc = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.objective.train()
         validate_every = tc.validate_every or self.steps_per_epoch
-        self._running = [JsonlLog(), ProgressBar(), Checkpointing(), *self.callbacks]
-        start_time, start_step, last_loss, window = time.perf_counter(), self.step, float("nan"), []
+        stopping = [EarlyStopping(tc.early_stopping_patience)] if tc.early_stopping_patience else []
+        self._running = [JsonlLog(), ProgressBar(), Checkpointing(), *stopping, *self.callbacks]
+        state = self.state
+        state.total_steps = self.total_steps
+        self.control.should_stop = False
+        start_time, start_step, last_loss, window = time.perf_counter(), state.step, float("nan"), []
         result = None
         try:
             for callback in self._running:
                 callback.on_train_begin(self)
-            while self.step < self.total_steps:
-                torch.manual_seed(step_seed(self.config.seed, self.step))
-                batch = self.train_set.batch(self._rows(self.step), with_heads=self.objective.needs_heads)
+            while state.step < self.total_steps and not self.control.should_stop:
+                torch.manual_seed(step_seed(self.config.seed, state.step))
+                batch = self.train_set.batch(self._rows(state.step), with_heads=self.objective.needs_heads)
                 t0 = time.perf_counter()
                 loss, logs = self.train_step(batch)
-                self.step += 1
+                state.step += 1
                 last_loss = float(loss.detach())
                 window.append(time.perf_counter() - t0)
                 record = None
-                if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                if state.step % tc.log_every == 0 or state.step == self.total_steps:
                     rate = len(batch) * len(window) / max(sum(window), 1e-9)
                     window = []
-                    record = {"step": self.step, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0],
+                    record = {"step": state.step, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0],
                               "samples_per_s": rate, "inv_t": float(self.objective.model.inv_temperature().detach()),
                               **logs}
                 metrics = None
-                if (self.step % validate_every == 0 or self.step == self.total_steps) and self.rank == 0:
+                if (state.step % validate_every == 0 or state.step == self.total_steps) and self.rank == 0:
                     metrics = self.validate() or None
                     if metrics:
                         for callback in self._running:
                             callback.on_validate(self, metrics)
-                end = StepEnd(self.step, self.step - start_step, self.total_steps - self.step,
+                        self._act()
+                end = StepEnd(state.step, state.step - start_step, self.total_steps - state.step,
                               time.perf_counter() - start_time, last_loss, record, metrics)
                 for callback in self._running:
                     callback.on_step_end(self, end)
+                if self.control.should_stop:
+                    self.control.should_save = True  # a stopped run ends on a checkpoint that records the stop
+                self._act()
             seconds = time.perf_counter() - start_time
-            done = self.step - start_step
-            result = TrainResult(self.step, seconds, done * self.batch_size / max(seconds, 1e-9), last_loss,
-                                 self.best_valid, self.skipped)
+            done = state.step - start_step
+            result = TrainResult(state.step, seconds, done * self.batch_size / max(seconds, 1e-9), last_loss,
+                                 state.best_valid, state.skipped)
         finally:
             running, self._running = self._running, None
             for callback in running:
@@ -341,7 +354,7 @@ def _logged_step(line: str) -> int:
 def write_run_info(run_dir: Path, config: RunConfig, extra: dict | None = None) -> None:
     """Resolved config, seed, versions and the command beside the checkpoints."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.yaml")
+    config.save(run_dir / RunFolder.CONFIG)
     precision = precision_info(config.train.precision, pick_device(config.train.device))
-    atomic_write_json(run_dir / "run.json", {"seed": config.seed, "versions": environment_info(),
+    RunFolder(run_dir).write_json(RunFolder.RUN_INFO, {"seed": config.seed, "versions": environment_info(),
                                             "precision": precision, "pid": os.getpid(), **(extra or {})})

@@ -11,9 +11,10 @@ from ..data.loading import ALIASES
 from ..errors import KGDistillError
 from ..io import atomic_write_text
 from ..models.plm import resolve_plm
+from ..runfolder import RunFolder
 from .saved import RunFiles, load_run_config, read_run_files
 
-CARD = "README.md"
+CARD = RunFolder.CARD
 METRICS = ("mrr", "hits@1", "hits@3", "hits@10", "mr")
 METRIC_NAMES = {"mrr": "MRR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10", "mr": "MR"}
 VARIANTS = {"no_rerank": "without re-ranking", "rerank": "with graph re-ranking"}

@@ -12,6 +12,7 @@ import yaml
 from ..config import RunConfig, config_from_dict
 from ..errors import CheckpointError, KGDistillError
 from ..models.biencoder import BiEncoder, load_model_tokenizer
+from ..runfolder import RunFolder
 from ..training.checkpoint import BEST, LAST
 
 
@@ -33,7 +34,7 @@ def run_dir_of(model_dir: Path) -> Path:
 
 def load_run_config(model_dir: Path) -> RunConfig | None:
     """The config saved beside a model (its run folder's config.yaml), when there is one."""
-    for candidate in (model_dir / "config.yaml", model_dir.parent / "config.yaml"):
+    for candidate in (model_dir / RunFolder.CONFIG, model_dir.parent / RunFolder.CONFIG):
         if candidate.is_file():
             try:
                 return config_from_dict(yaml.safe_load(candidate.read_text(encoding="utf-8")))
@@ -128,4 +129,4 @@ def read_run_files(folder: str | Path) -> RunFiles:
     model_dir = resolve_model_dir(folder)
     return RunFiles(folder, model_dir, read_json_object(model_dir / "model.json"),
                     *(read_json_object(folder / name) for name in
-                      ("metrics.json", "run.json", "train_summary.json", "export.json")))
+                      (RunFolder.METRICS, RunFolder.RUN_INFO, RunFolder.SUMMARY, RunFolder.EXPORT)))

@@ -1,12 +1,15 @@
 """The ladder's report: one row per model, as JSON, Markdown and a plot of MRR against size and speed."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..jobs.saved import read_run_files
+from ..errors import KGDistillError
+from ..runfolder import RunFolder
+from ..store.saved import read_run_files
 from ..results import Result
+from ..training.callbacks import LOG_NAME
 
 
 def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
@@ -26,7 +29,45 @@ def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
         if variant in metrics:
             both = metrics[variant]["both"]
             row[variant] = {k: both[k] for k in ("mrr", "hits@1", "hits@3", "hits@10", "mr")}
+    row["evaluation"] = {key: metrics.get(key) for key in EVALUATION_KEYS}
     return row
+
+
+# What makes two evaluations comparable: the same split and triples, candidates, filter, tie policy and re-ranking.
+EVALUATION_KEYS = ("split", "num_triples", "num_entities", "filter", "tie_policy", "rerank_config",
+                   "dataset_fingerprint")
+
+
+def check_comparable(rows: list[dict]) -> None:
+    """Refuse a report whose rows were not evaluated as the teacher was: a "% of teacher" across different splits,
+    candidate sets, filters, tie policies or re-ranking would compare nothing."""
+    reference = rows[0]["evaluation"]
+    for row in rows[1:]:
+        for key in EVALUATION_KEYS:
+            if row["evaluation"][key] != reference[key]:
+                raise KGDistillError(f"report row '{row['name']}' ({row['run_dir']}): evaluated with {key} "
+                                     f"{row['evaluation'][key]!r} but the teacher with {reference[key]!r}; "
+                                     f"re-evaluate it alike (kgdistill evaluate --split ...)")
+
+
+def teacher_status(run_dir: Path, window: float = 0.25, tolerance: float = 0.005) -> dict:
+    """Whether the teacher finished learning, from its own valid-MRR curve (``train.valid_ranking``): converged when
+    valid MRR moved less than ``tolerance`` over the last ``window`` of its steps."""
+    log_path = Path(run_dir) / LOG_NAME
+    curve = []
+    if log_path.is_file():
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if "valid_mrr" in record:
+                curve.append((record["step"], record["valid_mrr"]))
+    if len(curve) < 2:
+        return {"run_dir": str(run_dir), "status": "unknown (no valid-MRR curve: train with train.valid_ranking=true)"}
+    last_step = curve[-1][0]
+    tail = [mrr for step, mrr in curve if step >= last_step * (1 - window)]
+    moved = max(tail) - min(tail)
+    status = "converged" if moved < tolerance else "not converged"
+    return {"run_dir": str(run_dir), "status": status, "steps": last_step, "valid_mrr": curve[-1][1],
+            "valid_mrr_range_last_quarter": moved}
 
 
 @dataclass
@@ -35,10 +76,17 @@ class Report(Result):
     metrics; ``table()`` is the Markdown table of ``report.md``."""
 
     rows: list[dict]
+    teacher: dict = field(default_factory=dict)  # which teacher "% of teacher" refers to, and whether it converged
 
     def to_dict(self) -> dict:
         """What ``report.json`` holds."""
-        return {"rows": self.rows}
+        return {"teacher": self.teacher, "rows": self.rows}
+
+    def to_df(self):
+        """The rows as a pandas DataFrame, one per model, nested fields flattened (``no_rerank.mrr``); needs pandas."""
+        import pandas as pd
+
+        return pd.json_normalize(self.rows)
 
     def table(self) -> str:
         return self.markdown()
@@ -46,7 +94,8 @@ class Report(Result):
     def markdown(self) -> str:
         """The rows as a Markdown table, MRR and Hits in %, with the change against the teacher."""
         teacher = self.rows[0]
-        lines = ["| model | kind | layers (query/entity) | steps | train s | params (M) | non-emb (M) | size (MB) | "
+        lines = [self.teacher_line(), ""] if self.teacher else []
+        lines += ["| model | kind | layers (query/entity) | steps | train s | params (M) | non-emb (M) | size (MB) | "
                  "entities/s | queries/s | MRR | H@1 | H@3 | H@10 | MRR rerank | H@10 rerank | dMRR vs teacher | "
                  "% of teacher |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -63,6 +112,16 @@ class Report(Result):
                          f"{rr['mrr'] * 100:.2f} | {rr['hits@10'] * 100:.2f} | {delta:+.2f} | "
                          f"{100 * m['mrr'] / teacher['no_rerank']['mrr']:.1f} |")
         return "\n".join(lines)
+
+    def teacher_line(self) -> str:
+        """The sentence above the table: what "% of teacher" is a percentage of."""
+        t, split = self.teacher, self.rows[0]["evaluation"]["split"]
+        if "valid_mrr_range_last_quarter" in t:
+            how = (f"{t['status']}: valid MRR moved {t['valid_mrr_range_last_quarter'] * 100:.2f} over the last "
+                   f"quarter of its {t['steps']} steps")
+        else:
+            how = t["status"]
+        return f"% of teacher: of `{t['run_dir']}` ({how}); every row evaluated alike on {split}."
 
     def plot(self) -> bytes:
         """PNG: MRR against parameters and against entity encoding speed, per kind of stage."""
@@ -105,12 +164,16 @@ class Report(Result):
     def save(self, folder: str | Path) -> Path:
         """``report.json``, ``report.md`` and ``report.png``."""
         folder = Path(folder)
-        atomic_write_json(folder / "report.json", self.to_dict())
-        atomic_write_text(folder / "report.md", self.markdown() + "\n")
-        atomic_write_bytes(folder / "report.png", self.plot())
+        run = RunFolder(folder)
+        run.write_json(f"{RunFolder.REPORT}.json", self.to_dict())
+        run.write_text(f"{RunFolder.REPORT}.md", self.markdown() + "\n")
+        run.write_bytes(f"{RunFolder.REPORT}.png", self.plot())
         return folder
 
 
 def build_report(stages: list[tuple[str, Path] | tuple[str, Path, str]]) -> Report:
-    """``(name, run folder[, kind])`` per stage, the teacher first."""
-    return Report([_row(*stage[:1], Path(stage[1]), *stage[2:]) for stage in stages])
+    """``(name, run folder[, kind])`` per stage, the teacher first; refused unless every row was evaluated as the
+    teacher was (:func:`check_comparable`)."""
+    rows = [_row(*stage[:1], Path(stage[1]), *stage[2:]) for stage in stages]
+    check_comparable(rows)
+    return Report(rows, teacher_status(Path(stages[0][1])))

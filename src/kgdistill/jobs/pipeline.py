@@ -1,0 +1,92 @@
+"""The pipeline job: the whole ladder (:func:`~kgdistill.pmd.plan.plan`), each stage a distill job in its own
+folder, resumable stage by stage, then the report. A finished stage is never redone; an interrupted one resumes from
+its last checkpoint."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+from ..config import RunConfig
+from ..models.plm import load_encoder, resolve_plm
+from ..pmd.plan import Stage, plan, stage_run_config
+from ..pmd.report import Report, build_report
+from ..runfolder import RunFolder
+from ..store.model_card import write_model_card
+from ..store.saved import load_model
+from ..training.callbacks import Callback, StepEnd
+from ..training.checkpoint import LAST
+from ..training.trackers import make_trackers
+from .distill import check_gradient_cache, distill
+from .train import train
+
+STAGE_DONE = RunFolder.STAGE_DONE
+log = logging.getLogger("kgdistill")
+
+
+class _StageEstimate(Callback):
+    """Logs, a few steps into a stage, the ladder's estimated time left from the rate just measured."""
+
+    def __init__(self, stages: list[Stage], index: int, default_steps: int):
+        self.stages, self.index, self.default_steps = stages, index, default_steps
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, trainer) -> None:
+        self.start = time.perf_counter()
+
+    def on_step_end(self, trainer, step: StepEnd) -> None:
+        done, left = step.done, step.left
+        if done != min(5, done + left):
+            return
+        seconds = time.perf_counter() - self.start
+        stage = self.stages[self.index]
+        per_unit = seconds / done / stage.cost  # seconds per teacher-step equivalent
+        later = sum((s.steps or self.default_steps) * s.cost for s in self.stages[self.index + 1:])
+        remaining = left * seconds / done + later * per_unit
+        log.info("[%s] %.1f s/step; estimated time left for the ladder: %.0f min (training only, from this "
+                 "stage's rate)", stage.name, seconds / done, remaining / 60)
+
+
+def pipeline(config: RunConfig, output_dir: str | Path, teacher: str | Path | None = None,
+             progress: bool = True, tracker: str | None = None) -> Report:
+    """The whole ladder, resumable stage by stage; writes ``report.json``, ``report.md`` and ``report.png``.
+
+    ``tracker`` (``tensorboard`` or ``mlflow``, default none) mirrors every stage's training log to a tracker."""
+    make_trackers(tracker)  # a missing tracker package fails before anything runs
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if teacher is not None:
+        depth = load_model(teacher)[0].num_layers
+    else:
+        depth = int(load_encoder(resolve_plm(config.model.plm)).config.num_hidden_layers)
+    stages = plan(config, depth)
+    if any(stage.kind == "pmd" for stage in stages):
+        check_gradient_cache(config)
+    RunFolder(out).write_json(RunFolder.PLAN, [s.__dict__ for s in stages])
+    default_steps = config.distill.stage_steps or config.train.max_steps or 1
+    folders: dict[str, Path] = {}
+    for index, stage in enumerate(stages):
+        stage_dir = out / stage.name
+        marker = stage_dir / STAGE_DONE
+        if stage.kind == "teacher" and teacher is not None:
+            folders[stage.name] = Path(teacher)
+            continue
+        if marker.is_file():
+            log.info("[%s] finished earlier; not redone", stage.name)
+        else:
+            resume = (stage_dir / LAST).exists()
+            log.info("[%s] %s: %d layers, %s%s", stage.name, "resuming" if resume else "starting", stage.layers,
+                     stage.kind, "" if stage.mask_rate is None else f", mask rate {stage.mask_rate:.2f}")
+            callbacks = [_StageEstimate(stages, index, default_steps)]
+            if stage.kind == "teacher":
+                train(config, stage_dir, resume=resume, progress=progress, callbacks=callbacks, tracker=tracker)
+            else:
+                distill(stage_run_config(config, stage, folders[stage.teacher]), stage_dir, resume=resume,
+                        progress=progress, callbacks=callbacks, tracker=tracker)
+            write_model_card(stage_dir)
+            RunFolder(stage_dir).write_json(STAGE_DONE, {"done": True, "stage": stage.__dict__})
+        folders[stage.name] = stage_dir
+    report = build_report([(s.name, folders[s.name], s.kind) for s in stages])
+    report.save(out)
+    return report

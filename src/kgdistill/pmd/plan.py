@@ -1,0 +1,129 @@
+"""PMD's progressive ladder as a plan (docs/METHOD.md, "PMD"): teacher -> pre-distillation (same depth) -> grades
+of fewer layers, each taught by the grade above, with the controls and the serving grade; each stage's steps from the
+budget, and the config its distill job runs (:func:`stage_run_config`)."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import GradeConfig, RunConfig
+
+PAPER_RATIOS = (0.75, 0.5, 0.25)  # 12 -> 9 -> 6 -> 3
+PAPER_MASK_RATES = (0.1, 0.05, 0.0)  # the grades' rates; pre-distillation uses distill.pre_mask_rate (0.2)
+
+
+def default_grades(depth: int) -> list[GradeConfig]:
+    """The paper's ladder scaled to the PLM depth: 12 -> 9, 6, 3; 6 -> 5, 3, 2."""
+    grades, previous = [], depth
+    for ratio, rate in zip(PAPER_RATIOS, PAPER_MASK_RATES):
+        layers = max(1, math.ceil(depth * ratio))
+        if layers < previous:
+            grades.append(GradeConfig(layers=layers, mask_rate=rate))
+            previous = layers
+    return grades
+
+
+def stage_config(config: RunConfig, mask_rate: float) -> tuple[RunConfig, float]:
+    """Apply the ablation switch to one stage's config and mask rate.
+
+    ``no-mgfd`` and ``logit-only`` only drop the masking (so L_MGFD is zero): the weights of L_CE and L_SCORE stay
+    (1-a-b) and a, as the paper's "w/o MGFD" keeps everything else equal."""
+    config = copy.deepcopy(config)
+    ablation = config.distill.ablation
+    if ablation == "no-mgfd":
+        mask_rate = 0.0
+    elif ablation == "fixed-mask":
+        mask_rate = config.distill.fixed_mask_rate
+    elif ablation == "logit-only":
+        mask_rate = 0.0
+        config.distill.score_loss, config.distill.score_on = "kl", "logits"
+    return config, mask_rate
+
+
+def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_only: bool = False,
+              entity_layers: int | None = None, direct: bool = False, masked_passes: bool = False) -> float:
+    """Encoder layer passes of one stage step relative to one teacher training step (three sequences a sample:
+    query, tail, head; a trained pass costs about three forward passes, a frozen teacher's one).
+
+    ``masked_passes``: scores come from clean text and MGFD runs, so student and teacher encode the masked query
+    (and, unless only the query encoder is trained, the masked tail) once more."""
+    entity_layers = entity_layers or teacher_layers
+    if direct:
+        passes = 9 * student_layers
+    elif query_only:  # student query pass trained; tail and head come from the frozen teacher's entity encoder
+        passes = 3 * student_layers + teacher_layers + 2 * entity_layers
+    else:
+        passes = 9 * student_layers + 3 * teacher_layers
+    if masked_passes and not direct:
+        passes += (3 * student_layers + teacher_layers) * (1 if query_only else 2)
+    return passes / (9 * base_layers)
+
+
+@dataclass
+class Stage:
+    name: str
+    layers: int
+    mask_rate: float | None  # None for the teacher and the controls
+    steps: int | None
+    lr: float | None
+    kind: str = "pmd"  # teacher | pmd | direct | plm | query (the serving grade)
+    teacher: str | None = None  # the stage whose model teaches (or initialises) this one
+    cost: float = 1.0  # one step's compute in teacher training steps (step_cost)
+
+
+def plan(config: RunConfig, depth: int) -> list[Stage]:
+    """The stages in order: teacher, pre-distillation, grades, and each grade's controls right after it.
+
+    With ``distill.budget`` every distillation stage gets an even share of the budget, in teacher-step equivalents,
+    so cheap grades get more steps; explicit per-grade steps still win."""
+    d = config.distill
+    query_only = d.student_side == "query"
+    stages = [Stage("00-teacher", depth, None, None, None, kind="teacher")]
+    pmd = [(depth, d.pre_mask_rate, None, None, "01-pre-distilled")] if d.pre_distill else []
+    for i, grade in enumerate(d.grades or default_grades(depth), start=1):
+        lr = grade.lr
+        if lr is None and d.lr_depth_power and grade.layers < depth:
+            lr = config.train.lr * (depth / grade.layers) ** d.lr_depth_power
+        pmd.append((grade.layers, grade.mask_rate, grade.steps, lr, f"{i + 1:02d}-grade{i}-{grade.layers}L"))
+    share = d.budget / max(len(pmd), 1) if d.budget else None
+    previous = stages[0]
+    for layers, rate, steps, lr, name in pmd:
+        # the rate the stage really masks at (an ablation may drop or fix it) decides whether MGFD's passes run
+        masked_passes = d.student_input == "clean" and d.beta > 0 and stage_config(config, rate)[1] > 0
+        cost = step_cost(layers, previous.layers, depth, query_only, entity_layers=depth, masked_passes=masked_passes)
+        if steps is None and share is not None:
+            steps = max(1, round(share / cost))
+        stage = Stage(name, layers, rate, steps or d.stage_steps, lr, "pmd", previous.name, cost)
+        stages.append(stage)
+        for control in d.controls:  # 'direct'/'plm': the PMD stage's compute; '-steps': its steps
+            cost = step_cost(layers, previous.layers, depth, direct=True)
+            same_steps = control.endswith("-steps")
+            steps_ = stage.steps if same_steps else max(1, round(stage.steps * stage.cost / cost))
+            stages.append(Stage(f"{name}-{control}", layers, None, steps_, lr, control.removesuffix("-steps"),
+                                previous.name, cost))
+        previous = stage
+    if d.serving_grade and previous.kind == "pmd":
+        stages.append(Stage(f"{int(previous.name[:2]) + 1:02d}-serving-query-{previous.layers}L", previous.layers, 0.0,
+                            previous.steps, previous.lr, "query", stages[0].name,
+                            step_cost(previous.layers, depth, depth, query_only=True)))
+    return stages
+
+
+def stage_run_config(config: RunConfig, stage: Stage, teacher: Path) -> RunConfig:
+    """The distill job's config of one planned stage: the pipeline's config with the stage's teacher, depth, mask
+    rate, steps, rate and kind written into its keys."""
+    config = copy.deepcopy(config)
+    d = config.distill
+    d.teacher, d.mask_rate, d.stage_steps = str(teacher), stage.mask_rate or 0.0, stage.steps
+    config.model.num_layers = stage.layers
+    if stage.lr is not None:  # the stage's own rate is the run's train.lr, so config.yaml and the model card say it
+        config.train.lr = stage.lr
+    if stage.kind == "query":
+        d.student_side = "query"
+    elif stage.kind != "pmd":
+        d.ablation = "direct"
+    if stage.kind == "plm":
+        config.model.init_from = "plm"
+    return config

@@ -1,0 +1,294 @@
+"""HTTP service under hostile use: a hub query's bounded work and answer, /health and /ready while the model is busy,
+slow senders (408, through a real uvicorn), API key, Host headers, strict JSON errors, Prometheus metrics and the
+``serve`` options."""
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the HTTP service needs fastapi (pip install fastapi uvicorn httpx)")
+pytest.importorskip("httpx", reason="fastapi.testclient needs httpx")
+pytest.importorskip("prometheus_client", reason="the HTTP service needs prometheus-client")
+
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from conftest import make_tiny_kg, train_tiny  # noqa: E402
+from kgdistill.cli import main  # noqa: E402
+from kgdistill.data.batching import KnownTails  # noqa: E402
+from kgdistill.data.dataset import SPLITS  # noqa: E402
+from kgdistill.errors import KGDistillError  # noqa: E402
+from kgdistill.inference import server as server_module  # noqa: E402
+from kgdistill.inference.predictor import Predictor  # noqa: E402
+from kgdistill.inference.server import create_app, host_patterns  # noqa: E402
+
+LOCAL = "http://localhost"
+KEY = "s3cret-Key_0123456789"
+HUB_SPLITS = {"train": range(1, 15), "valid": range(15, 18), "test": range(18, 21)}  # E0 --member of--> E1..E20
+
+
+def strict_json(text: str):
+    """JSON as a strict parser reads it: NaN and Infinity are errors."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def hub_kg(tmp_path_factory) -> Path:
+    """The tiny KG plus a hub: E0 has 20 known answers of one relation, spread over the three splits."""
+    folder = make_tiny_kg(tmp_path_factory.mktemp("hub-kg"))
+    with (folder / "relations.tsv").open("a", encoding="utf-8") as f:
+        f.write("r_hub\tmember of\n")
+    for split, tails in HUB_SPLITS.items():
+        with (folder / f"{split}.txt").open("a", encoding="utf-8") as f:
+            f.writelines(f"E0\tr_hub\tE{t}\n" for t in tails)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory, tiny_plm, hub_kg) -> Predictor:
+    root = tmp_path_factory.mktemp("serve-security")
+    train_tiny(root / "run", hub_kg, tiny_plm, data__cache_dir=str(root / "cache"), train__max_steps=2,
+               train__checkpoint_every=2)
+    return Predictor.from_pretrained(root / "run", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    with TestClient(create_app(predictor), base_url=LOCAL, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def keyed(predictor):
+    with TestClient(create_app(predictor, api_key=KEY), base_url=LOCAL, raise_server_exceptions=False) as client:
+        yield client
+
+
+# ---------------------------------------------------------------------------------------------------- hub queries
+def test_hub_query_returns_at_most_k_filtered_and_counts_all(client, predictor, monkeypatch):
+    lookups = []
+    real = KnownTails.tails_of
+    monkeypatch.setattr(KnownTails, "tails_of", lambda self, h, r: lookups.append(self) or real(self, h, r))
+    k = 3
+    pred = predictor.predict_tails("E0", "member of", k=k)
+    assert pred.num_filtered == 20 and len(pred.filtered) == k and len(pred.results) == k
+    split_lookups = [x for x in lookups if x is not predictor.known_all]
+    assert len(split_lookups) == len(SPLITS)  # once per split for the query, not once per known answer
+    where = {f"E{t}": split for split, tails in HUB_SPLITS.items() for t in tails}
+    unfiltered = predictor.predict_tails("E0", "member of", k=predictor.num_entities, filter_known=False).results
+    best_known = [r.id for r in unfiltered if r.id in where][:k]
+    assert [f.id for f in pred.filtered] == best_known  # the best known answers, best first
+    assert all(f.splits == [where[f.id]] for f in pred.filtered)
+    assert not {r.id for r in pred.results} & set(where)
+
+    body = client.post("/predict/tails", json={"head": "E0", "relation": "member of", "k": k}).json()
+    assert len(body["filtered"]) == k and body["num_filtered"] == 20
+    heads = client.post("/predict/heads", json={"relation": "member of", "tail": "E5", "k": 2}).json()
+    assert heads["num_filtered"] == 1 and [f["id"] for f in heads["filtered"]] in ([], ["E0"])
+
+
+# ---------------------------------------------------------------------------------------------------- busy model
+def test_health_and_ready_answer_while_requests_wait_for_the_model(predictor, monkeypatch):
+    entered, gate = threading.Event(), threading.Event()
+    real = predictor.predict_resolved
+
+    def held(queries):
+        entered.set()
+        assert gate.wait(30)
+        return real(queries)
+
+    monkeypatch.setattr(predictor, "predict_resolved", held)
+    app = create_app(predictor)
+    waiting = 48  # more than the server's thread pool (40): before, each /score held a thread waiting for the model
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as c, ThreadPoolExecutor(waiting + 2) as pool:
+        first = pool.submit(c.post, "/predict/tails", json={"head": "E1", "relation": "hypernym"})
+        assert entered.wait(30)
+        scores = [pool.submit(c.post, "/score", json={"head": f"E{i % 20}", "relation": "hypernym", "tail": "E2"})
+                  for i in range(waiting)]
+        search = pool.submit(c.get, "/entities/search", params={"prefix": "e"})
+        end = time.monotonic() + 30
+        while app.state.batcher.pending() < waiting + 1:
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        start = time.monotonic()
+        assert c.get("/health").status_code == 200
+        assert c.get("/ready").json() == {"status": "ready"}
+        assert time.monotonic() - start < 5
+        gate.set()
+        assert first.result().status_code == 200 and search.result().status_code == 200
+        assert {f.result().status_code for f in scores} == {200}
+        text = c.get("/metrics").text  # the first request, then the 49 queued ones in batches of 32 and 17
+        assert "kgdistill_batch_size_count 3.0" in text and "kgdistill_batch_size_sum 50.0" in text
+    assert app.state.batcher.pending() == 0
+
+
+def test_ready_is_503_outside_the_lifespan(predictor):
+    app = create_app(predictor)
+    assert TestClient(app, base_url=LOCAL).get("/ready").status_code == 503  # no 'with': never started
+    with TestClient(app, base_url=LOCAL) as c:
+        assert c.get("/ready").status_code == 200
+    assert app.state.ready is False
+
+
+# ---------------------------------------------------------------------------------------------------- slow senders
+@contextmanager
+def live(app):
+    """The app in a real uvicorn on a free loopback port (body handling, connection close)."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    end = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_slow_sender_gets_408_and_the_connection_closes(predictor):
+    with live(create_app(predictor, receive_timeout=0.5)) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"POST /predict/tails HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{")
+            start = time.monotonic()
+            ok = httpx.post(f"http://127.0.0.1:{port}/predict/tails", json={"head": "E1", "relation": "hypernym"},
+                            timeout=10)
+            assert ok.status_code == 200  # an ordinary client is served meanwhile
+            answer = b""
+            while chunk := slow.recv(4096):  # read until the server closes the connection
+                answer += chunk
+            assert 0.4 < time.monotonic() - start < 5
+        assert answer.startswith(b"HTTP/1.1 408") and b"connection: close" in answer.lower()
+        assert b"not received within 0.5 s" in answer
+
+
+# ---------------------------------------------------------------------------------------------------- authentication
+@pytest.mark.parametrize("headers", [{}, {"authorization": f"Bearer {KEY}x"}, {"authorization": f"Basic {KEY}"},
+                                     {"authorization": KEY}, {"authorization": "Bearer "}])
+def test_api_key_refuses_without_the_key(keyed, headers):
+    for method, path, body in (("post", "/predict/tails", {"head": "E1", "relation": "hypernym"}),
+                               ("post", "/score", {"head": "E1", "relation": "hypernym", "tail": "E2"}),
+                               ("get", "/entities/search?prefix=e", None), ("get", "/metrics", None),
+                               ("get", "/openapi.json", None)):
+        r = keyed.request(method, path, json=body, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (path, headers)
+        assert "API key" in r.json()["detail"]
+
+
+def test_api_key_accepted_and_probes_open(keyed):
+    auth = {"authorization": f"bearer {KEY}"}  # the scheme is case-insensitive
+    assert keyed.post("/predict/tails", json={"head": "E1", "relation": "hypernym"}, headers=auth).status_code == 200
+    assert keyed.get("/metrics", headers=auth).status_code == 200
+    assert keyed.get("/health").status_code == 200 and keyed.get("/ready").status_code == 200
+
+
+def test_api_key_must_fit_a_header(predictor):
+    for bad in ("", "two words", "clé"):
+        with pytest.raises(KGDistillError, match="printable ASCII"):
+            create_app(predictor, api_key=bad)
+
+
+def test_host_header_must_be_allowed(predictor, client):
+    for host in ("evil.example", "evil.example:8000", "127.0.0.2"):
+        r = client.get("/health", headers={"host": host})
+        assert r.status_code == 400, host
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        assert client.get("/health", headers={"host": host}).status_code == 200, host
+    with TestClient(create_app(predictor, allowed_hosts=["*.example.org", "kg.internal"])) as c:
+        assert c.get("/health", headers={"host": "a.example.org"}).status_code == 200
+        assert c.get("/health", headers={"host": "kg.internal:80"}).status_code == 200
+        assert c.get("/health", headers={"host": "localhost"}).status_code == 400  # only the listed ones
+    assert host_patterns(["::1", "LocalHost", "*"]) == ["[::1]", "localhost", "*"]
+    for bad in ("example.org:80", "a.*.org", "*example.org", ""):
+        with pytest.raises(KGDistillError, match="allowed host"):
+            host_patterns([bad])
+
+
+# ---------------------------------------------------------------------------------------------------- strict errors
+def test_validation_errors_do_not_echo_input(client):
+    secret = "do-not-echo-" + "x" * 300
+    for body in ({"head": secret, "relation": "hypernym"}, {"head": "E1", "relation": "hypernym", "k": secret},
+                 {"head": {"name": "n", "description": secret * 10}, "relation": "hypernym"}):
+        r = client.post("/predict/tails", json=body)
+        assert r.status_code == 422 and secret not in r.text
+        assert all(set(e) == {"loc", "msg", "type"} for e in r.json()["detail"])
+    r = client.post("/predict/tails", content=b'{"head": "E1", "relation": "hypernym", "k": NaN}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and strict_json(r.text)["detail"][0]["loc"] == ["body", "k"]
+
+
+def test_non_finite_scores_are_errors_not_null(client, predictor, monkeypatch):
+    monkeypatch.setattr(predictor, "score", lambda *args: math.nan)
+    r = client.post("/score", json={"head": "E1", "relation": "hypernym", "tail": "E2"})
+    assert r.status_code == 500 and "non-finite" in strict_json(r.text)["detail"]
+    real = predictor.predict_resolved
+
+    def poisoned(queries):
+        predictions = real(queries)
+        predictions[0].results[0].score = math.inf
+        return predictions
+
+    monkeypatch.setattr(predictor, "predict_resolved", poisoned)
+    r = client.post("/predict/tails", json={"head": "E1", "relation": "hypernym"})
+    assert r.status_code == 500 and "non-finite" in strict_json(r.text)["detail"]
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def test_metrics_count_requests_latency_queue_and_batches(predictor):
+    with TestClient(create_app(predictor), base_url=LOCAL, raise_server_exceptions=False) as c:
+        for _ in range(3):
+            assert c.post("/predict/tails", json={"head": "E2", "relation": "hypernym"}).status_code == 200
+        assert c.post("/predict/tails", json={"head": "nobody", "relation": "hypernym"}).status_code == 404
+        assert c.get("/health", headers={"host": "evil.example"}).status_code == 400
+        assert c.get("/no/such/path").status_code == 404
+        text = c.get("/metrics").text
+    assert 'kgdistill_http_requests_total{path="/predict/tails",status="200"} 3.0' in text
+    assert 'kgdistill_http_requests_total{path="/predict/tails",status="404"} 1.0' in text
+    assert 'kgdistill_http_requests_total{path="/health",status="400"} 1.0' in text
+    assert 'kgdistill_http_requests_total{path="other",status="404"} 1.0' in text
+    assert 'kgdistill_http_request_seconds_count{path="/predict/tails"} 4.0' in text
+    assert "kgdistill_batcher_queue_depth 0.0" in text
+    assert "kgdistill_batch_size_count 3.0" in text and "kgdistill_batch_size_sum 3.0" in text
+
+
+# ---------------------------------------------------------------------------------------------------- serve options
+def test_serve_passes_limits_and_warns_without_a_key_beyond_localhost(predictor, monkeypatch, caplog):
+    runs = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: runs.append((app, kwargs)))
+    server_module.serve(predictor, "0.0.0.0", 8123, allowed_hosts=["kg.example"], graceful_shutdown=7,
+                        receive_timeout=3.0)
+    assert "without an API key" in caplog.text
+    app, kwargs = runs[-1]
+    assert kwargs["timeout_graceful_shutdown"] == 7 and kwargs["host"] == "0.0.0.0"
+    with TestClient(app, base_url="http://kg.example") as c:
+        assert c.get("/health").status_code == 200
+    caplog.clear()
+    server_module.serve(predictor, "127.0.0.1", 8123)
+    server_module.serve(predictor, "0.0.0.0", 8123, api_key=KEY)
+    assert "without an API key" not in caplog.text
+
+
+def test_cli_serve_checks_key_and_hosts_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Predictor, "from_pretrained", lambda *a, **k: pytest.fail("the model must not load"))
+    assert main(["serve", "--model", str(tmp_path), "--allowed-host", "example.org:80"]) == 2
+    assert "allowed host" in capsys.readouterr().err
+    monkeypatch.setenv("KGDISTILL_API_KEY", "has space")
+    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert "printable ASCII" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path), "--receive-timeout", "0"]) == 2
+    assert "--receive-timeout" in capsys.readouterr().err
