@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from kgdistill.api import DataContext, build_model, load_model
-from kgdistill.benchmark import machine_info
+from kgdistill.jobs.bench import machine_info
 from kgdistill.config import build_config, parse_overrides
 from kgdistill.training.distillation import DistillationObjective
 from kgdistill.losses.contrastive import InfoNCELoss

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kgdistill.benchmark import machine_info
+from kgdistill.jobs.bench import machine_info
 from kgdistill.store.context import DataContext
 from kgdistill.store.saved import load_model, model_config
 from kgdistill.runtime import autocast, resolve_precision

@@ -6,7 +6,7 @@ Baseline: precision=auto (bf16 autocast only on a CPU with native bf16, else fp3
 self-negatives on, padded batches (``train.packing=false``), no length bucketing, no torch.compile, all threads
 (the defaults before packing, fast dropout and fused AdamW; ``default`` is today's defaults together). Each
 variant changes one thing; samples/s is the median over ``--steps`` teacher steps after ``--warmup`` steps
-(:func:`kgdistill.benchmark.train_rate`). For compile, the extra warm-up seconds and the steps needed to earn them
+(:func:`kgdistill.jobs.bench.train_rate`). For compile, the extra warm-up seconds and the steps needed to earn them
 back are given; for bucketing, the epoch's padding waste (fraction of pad tokens) with and without. Bucketed steps
 vary in length, so their mean rate (also given) is the one a run sees, and more steps make it steadier. Run it with
 nothing else using the CPU; ``--plm``/``--dataset`` point it at other models and KGs (tests use tiny ones).
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from kgdistill.api import DataContext
-from kgdistill.benchmark import machine_info, train_rate
+from kgdistill.jobs.bench import machine_info, train_rate
 from kgdistill.config import build_config
 from kgdistill.data.batching import BatchOrder
 from kgdistill.errors import KGDistillError

@@ -19,7 +19,7 @@ import torch
 
 from kgdistill.api import DataContext, load_model, load_run_config
 from kgdistill.inference.backends import OnnxBiEncoder, quantize_int8
-from kgdistill.inference.export import export_model
+from kgdistill.jobs.export import export_model
 from kgdistill.inference.index import recall_at
 from kgdistill.inference.predictor import Predictor
 

@@ -10,11 +10,11 @@ pd = pytest.importorskip("pandas")
 from kgdistill.data.dataset import SPLITS  # noqa: E402
 from kgdistill.data.frames import from_dataframes, to_dataframes  # noqa: E402
 from kgdistill.data.loading import convert_dataset, load_dataset  # noqa: E402
-from kgdistill.pmd.report import Report  # noqa: E402
 from kgdistill.errors import DataError  # noqa: E402
 from kgdistill.inference.predictor import Predictor  # noqa: E402
-from kgdistill.store.saved import load_model  # noqa: E402
 from kgdistill.jobs.train import train  # noqa: E402
+from kgdistill.pmd.report import Report  # noqa: E402
+from kgdistill.store.saved import load_model  # noqa: E402
 
 
 def same_graph(a, b) -> None:

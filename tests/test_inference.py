@@ -15,7 +15,7 @@ from kgdistill.cli import main
 from kgdistill.data.batching import pad_store_rows, tokenize
 from kgdistill.data.text import join_name_description
 from kgdistill.errors import KGDistillError
-from kgdistill.inference.export import export_model
+from kgdistill.jobs.export import export_model
 from kgdistill.inference.index import EntityIndex, model_fingerprint
 from kgdistill.inference.predictor import (AmbiguousEntityError, Predictor, PredictionError, UnknownEntityError,
                                            UnknownRelationError)

@@ -16,7 +16,7 @@ from conftest import make_tiny_plm, tiny_overrides, train_tiny
 from kgdistill.cli import main
 from kgdistill.config import load_config_file
 from kgdistill.errors import CheckpointError, ConfigError
-from kgdistill.inference.export import REWRITTEN, export_model
+from kgdistill.jobs.export import REWRITTEN, export_model
 from kgdistill.inference.index import EntityIndex
 from kgdistill.inference.predictor import Predictor
 from kgdistill.io import MANIFEST, write_manifest

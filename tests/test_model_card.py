@@ -12,7 +12,7 @@ import yaml
 from conftest import make_tiny_config
 from kgdistill.api import train
 from kgdistill.jobs.distill import distill
-from kgdistill.inference.export import export_model
+from kgdistill.jobs.export import export_model
 from kgdistill.store.model_card import METRICS, _plm_licence, front_matter, write_model_card
 from kgdistill.inference.predictor import Predictor
 

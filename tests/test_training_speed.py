@@ -111,7 +111,7 @@ def test_head_alone_text_is_encoded_only_for_self_negatives(tiny_config, tmp_pat
 
 def test_train_rate_runs_the_trainers_batches_with_its_options(tiny_config):
     from kgdistill.api import DataContext
-    from kgdistill.benchmark import train_rate
+    from kgdistill.jobs.bench import train_rate
     from kgdistill.models.plm import load_tokenizer, resolve_plm
 
     config = tiny_config(loss__self_negative=False, train__length_bucketing=True, train__bucket_pool=2)
@@ -208,7 +208,7 @@ def test_bad_speed_options_are_refused(tiny_config, key, value, message):
 def test_train_rate_counts_flops_over_real_tokens_only(tiny_config):
     """train_vs_token_bound's denominator: 3 x forward FLOPs of every real (non-pad) token of the three sequences."""
     from kgdistill.api import DataContext
-    from kgdistill.benchmark import encoder_flops, sequence_flops, train_rate
+    from kgdistill.jobs.bench import encoder_flops, sequence_flops, train_rate
     from kgdistill.models.plm import load_encoder, load_tokenizer, resolve_plm
 
     config = tiny_config()

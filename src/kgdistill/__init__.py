@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name is i
     from .pmd.report import Report
     from .errors import KGDistillError
     from .evaluation.ranking import EvaluationResult
-    from .inference.export import ExportResult, export_model
+    from .jobs.export import ExportResult, export_model
     from .inference.predictor import Prediction, Predictor
     from .inference.server import serve
     from .jobs.evaluate import evaluate
@@ -37,8 +37,8 @@ _EXPORTS = {
     "pipeline": "kgdistill.jobs.pipeline",
     "Report": "kgdistill.pmd.report",
     "EvaluationResult": "kgdistill.evaluation.ranking",
-    "export_model": "kgdistill.inference.export",
-    "ExportResult": "kgdistill.inference.export",
+    "export_model": "kgdistill.jobs.export",
+    "ExportResult": "kgdistill.jobs.export",
     "Predictor": "kgdistill.inference.predictor",
     "Prediction": "kgdistill.inference.predictor",
     "serve": "kgdistill.inference.server",

@@ -12,7 +12,7 @@ from .jobs.pipeline import pipeline
 from .pmd.report import Report
 from .errors import KGDistillError
 from .evaluation.ranking import EvaluationResult
-from .inference.export import ExportResult, export_model
+from .jobs.export import ExportResult, export_model
 from .inference.predictor import Prediction, Predictor
 from .inference.server import serve
 from .store.context import DataContext

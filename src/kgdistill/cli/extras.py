@@ -3,26 +3,15 @@ validation split, with Optuna) and ``export-st`` (the encoders as sentence-trans
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import KGDistillError
 from .checks import check_dataset, check_model, check_output_dir
 from .jobs import _build_config, _config_args, _positive_int, _print
 
 
-def pipeline_trial(config, run_dir: Path, callbacks: list) -> float:
-    """The pipeline job as a tune trial: the whole ladder, evaluated on ``eval.split``; the smallest PMD student's
-    MRR. Not pruned: the ladder takes no trainer callbacks."""
-    from ..jobs.pipeline import pipeline
-
-    rows = pipeline(config, run_dir, progress=False).rows
-    row = next((r for r in reversed(rows) if r["kind"] == "pmd"), rows[-1])
-    return float(row["no_rerank"]["mrr"])
-
-
 def cmd_tune(args) -> None:
     """``kgdistill tune``."""
-    from ..jobs.tune import load_tune_file, make_pruner, train_trial, tune
+    from ..jobs.tune import load_tune_file, make_pruner, tune
     from ..models.plm import resolve_plm
 
     if not args.config:
@@ -32,13 +21,12 @@ def cmd_tune(args) -> None:
     check_output_dir(args.output_dir, "--output-dir")
     check_dataset(config.data.dataset, config.data.format)
     resolve_plm(config.model.plm)
-    job = pipeline_trial if args.job == "pipeline" else train_trial
     pruner = make_pruner(args.pruner)  # also: Optuna is installed
     if not args.verbose:  # Optuna logs every trial through its own handler
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _print(tune(config, space, args.output_dir, args.trials, job, args.job, pruner=pruner), args.json)
+    _print(tune(config, space, args.output_dir, args.trials, args.job, pruner=pruner), args.json)
 
 
 def cmd_export_st(args) -> None:

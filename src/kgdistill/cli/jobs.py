@@ -117,7 +117,7 @@ def cmd_pipeline(args) -> None:
 
 def cmd_bench(args) -> None:
     """``kgdistill bench``: a table of the measurements, JSON with ``--json``."""
-    from ..benchmark import append_markdown, run, synthetic_streaming
+    from ..jobs.bench import append_markdown, run, synthetic_streaming
 
     if args.synthetic_entities:
         results = synthetic_streaming(args.synthetic_entities, args.synthetic_queries, args.shards_dir,

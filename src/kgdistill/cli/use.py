@@ -148,7 +148,7 @@ def cmd_predict(args) -> None:
 
 def cmd_export(args) -> None:
     """``kgdistill export``."""
-    from ..inference.export import export_model
+    from ..jobs.export import export_model
 
     result = export_model(args.model, args.output, args.format, args.quantize, args.dataset, args.checkpoint,
                           args.index_dtype, progress=True)

@@ -27,10 +27,10 @@ from ..data.batching import tokenize
 from ..errors import KGDistillError
 from ..evaluation.ranking import encode_store
 from ..io import atomic_write_json, atomic_write_text, replace_dir
-from ..store.context import DataContext
-from ..store.saved import load_model, model_config
 from ..models.biencoder import BiEncoder
 from ..results import Result
+from ..store.context import DataContext
+from ..store.saved import load_model, model_config
 
 ST_META = "st_export.json"
 ST_FORMAT = "kgdistill-sentence-transformers"

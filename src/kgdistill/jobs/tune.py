@@ -39,6 +39,7 @@ from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, lock_
 from ..results import Result
 from ..training.callbacks import Callback, StepEnd, selection_metric
 from ..training.checkpoint import LAST
+from .pipeline import pipeline
 from .train import train
 
 STUDY = "study.db"
@@ -198,6 +199,17 @@ def train_trial(config: RunConfig, run_dir: Path, callbacks: list[Callback]) -> 
     return float(outcome.evaluation.metrics["no_rerank"]["both"]["mrr"])
 
 
+def pipeline_trial(config: RunConfig, run_dir: Path, callbacks: list[Callback]) -> float:
+    """The pipeline job as a trial: the whole ladder, evaluated on ``config.eval.split``; the smallest PMD student's
+    MRR. Not pruned: the ladder takes no trainer callbacks."""
+    rows = pipeline(config, run_dir, progress=False).rows
+    row = next((r for r in reversed(rows) if r["kind"] == "pmd"), rows[-1])
+    return float(row["no_rerank"]["mrr"])
+
+
+JOBS = {"train": train_trial, "pipeline": pipeline_trial}
+
+
 def _requeue_killed(study, storage, optuna) -> None:
     """Trials left running by a killed process (this folder is locked, so none is alive) are failed and their
     parameters queued again, once; so are trials interrupted by Ctrl-C."""
@@ -233,16 +245,20 @@ def _open_study(out: Path, base: RunConfig, space: dict, job_name: str, sampler,
     return study
 
 
-def tune(config: RunConfig, space: dict, output_dir: str | Path, trials: int, job: TrialJob = train_trial,
-         job_name: str = "train", sampler=None, pruner=None) -> TuneResult:
+def tune(config: RunConfig, space: dict, output_dir: str | Path, trials: int, job: str | TrialJob = "train",
+         sampler=None, pruner=None) -> TuneResult:
     """Search ``space`` around ``config`` until ``output_dir`` holds ``trials`` finished trials (see the module's
     docstring); returns the table of every trial and the best one.
 
-    ``job`` runs one trial (default: :func:`train_trial`); ``sampler`` and ``pruner`` are Optuna's (default: TPE
-    seeded with ``config.seed`` plus the number of trials already in the study, and the median pruner)."""
+    ``job`` runs one trial: ``train`` (:func:`train_trial`), ``pipeline`` (:func:`pipeline_trial`) or a
+    :data:`TrialJob`; ``sampler`` and ``pruner`` are Optuna's (default: TPE seeded with ``config.seed`` plus the number
+    of trials already in the study, and the median pruner)."""
     optuna = _optuna()
     if trials < 1:
         raise KGDistillError(f"trials {trials}: must be at least 1")
+    if isinstance(job, str) and job not in JOBS:
+        raise KGDistillError(f"job {job!r}: expected one of {', '.join(JOBS)} or a function")
+    job_name, run_job = (job, JOBS[job]) if isinstance(job, str) else (getattr(job, "__name__", "custom"), job)
     space = check_space(space, config)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +277,7 @@ def tune(config: RunConfig, space: dict, output_dir: str | Path, trials: int, jo
         info = {"number": trial.number, "params": params, "run_dir": str(run_dir)}
         pruning = PruneOnValidation(trial)
         try:
-            value = job(trial_cfg, run_dir, [pruning])
+            value = run_job(trial_cfg, run_dir, [pruning])
         except optuna.TrialPruned as exc:
             atomic_write_json(run_dir / TRIAL_INFO, {**info, "state": "pruned", "reason": str(exc),
                                                      "reported": pruning.reported})

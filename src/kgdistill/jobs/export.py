@@ -48,8 +48,8 @@ from ..store.saved import model_config, resolve_model_dir, run_dir_of
 from ..models.biencoder import BiEncoder, load_model_tokenizer
 from ..results import Result
 from ..training.checkpoint import BEST, LAST
-from .backends import EXPORT_META, ExportUnavailableError, OnnxBiEncoder, _onnxruntime
-from .predictor import Predictor
+from ..inference.backends import EXPORT_META, ExportUnavailableError, OnnxBiEncoder, _onnxruntime
+from ..inference.predictor import Predictor
 
 log = logging.getLogger("kgdistill")
 

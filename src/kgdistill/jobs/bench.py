@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .config import build_config
-from .runtime import autocast
-from .training.objectives import ContrastiveObjective
+from ..config import build_config
+from ..runtime import autocast
+from ..training.objectives import ContrastiveObjective
 
 
 def _median_time(fn, repeats: int, warmup: int = 1) -> float:
@@ -80,10 +80,10 @@ def train_rate(config, batch_size: int, precision: str, repeats: int, layers: in
     ``times``: receives every step's seconds, the ``warmup`` steps first (where compilation shows);
     ``flops``: receives every step's training FLOPs over real tokens (forward + backward = 3 forward passes of each
     encoded sequence: query, tail and, with self-negatives, head)."""
-    from .store.context import DataContext
-    from .losses.contrastive import InfoNCELoss
-    from .models.builder import build_model
-    from .training.trainer import Trainer
+    from ..store.context import DataContext
+    from ..losses.contrastive import InfoNCELoss
+    from ..models.builder import build_model
+    from ..training.trainer import Trainer
 
     config.train.batch_size, config.train.precision, config.train.device = batch_size, precision, "cpu"
     config.model.num_layers = layers
@@ -118,7 +118,7 @@ def peak_rss_mb() -> float:
 
 def machine_info() -> dict:
     """Platform, torch version, threads and the CPU facts that decide the precision."""
-    from .runtime import cpu_info
+    from ..runtime import cpu_info
 
     cpu = cpu_info()
     return {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -128,8 +128,8 @@ def machine_info() -> dict:
 def run(quick: bool = False, model_dir: str | None = None, repeats: int = 3) -> dict:
     """Every key in both modes; ``--quick`` only measures fewer and smaller things (one batch size, a slice of the
     test queries). Ratios to peak use the fastest precision this machine has."""
-    from .models.plm import build_student_encoder, even_layer_map, load_encoder, resolve_plm
-    from .runtime import precision_info
+    from ..models.plm import build_student_encoder, even_layer_map, load_encoder, resolve_plm
+    from ..runtime import precision_info
 
     torch.manual_seed(0)
     cpu = torch.device("cpu")
@@ -153,8 +153,8 @@ def run(quick: bool = False, model_dir: str | None = None, repeats: int = 3) -> 
     student_rate = encode_rate(student, batch, tokens, auto["chosen"], repeats)
     results["student_encode_speedup"] = student_rate / results[f"encode_seq_per_s_{auto['chosen']}"]
     config = build_config("quick")
-    from .store.context import DataContext
-    from .models.plm import load_tokenizer
+    from ..store.context import DataContext
+    from ..models.plm import load_tokenizer
 
     data = DataContext(config, load_tokenizer(resolve_plm("default")))
     results["train"] = {}
@@ -192,9 +192,9 @@ def run(quick: bool = False, model_dir: str | None = None, repeats: int = 3) -> 
 def evaluation_split(model_dir: str | None, encode_rate: float, max_queries: int | None = None) -> dict:
     """WN18RR test evaluation (all entities; the first ``max_queries`` test triples, default all): time encoding vs
     ranking, against an encode-only bound at the measured encoding rate."""
-    from .store.context import DataContext
-    from .store.saved import load_model
-    from .models.builder import build_model
+    from ..store.context import DataContext
+    from ..store.saved import load_model
+    from ..models.builder import build_model
 
     config = build_config("quick")
     config.eval.max_queries = max_queries
@@ -225,10 +225,10 @@ def synthetic_streaming(entities: int, queries: int = 2000, shards_dir: str | No
     """
     import numpy as np
 
-    from .data.batching import KnownTails
-    from .evaluation.metrics import rank_metrics
-    from .evaluation.ranks import known_answer_pairs
-    from .evaluation.streaming import rank_streaming, write_entity_shards
+    from ..data.batching import KnownTails
+    from ..evaluation.metrics import rank_metrics
+    from ..evaluation.ranks import known_answer_pairs
+    from ..evaluation.streaming import rank_streaming, write_entity_shards
 
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
