@@ -119,7 +119,8 @@ def phase_students(out: Path, only: list[str] | None) -> None:
             continue
         config = build_config(preset, overrides=merge(VALID, {"train": {"validate_every": 90}}, overrides))
         print(f"students {name} -> {run}", flush=True)
-        kgdistill.pipeline(config, run, teacher=teacher)
+        config.distill.teacher = str(teacher)
+        kgdistill.pipeline(config, run)
 
 
 def summary(out: Path) -> None:

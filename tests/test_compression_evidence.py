@@ -96,6 +96,7 @@ def test_report_refuses_rows_evaluated_differently(tiny_config, tmp_path):
     from kgdistill.jobs.pipeline import pipeline
     from kgdistill.pmd.report import build_report
     from kgdistill.errors import KGDistillError
+    from kgdistill.config import build_config
     from kgdistill.jobs.evaluate import evaluate
 
     config = tiny_config(train__max_steps=2, distill__stage_steps=2, distill__pre_distill=False,
@@ -104,7 +105,7 @@ def test_report_refuses_rows_evaluated_differently(tiny_config, tmp_path):
     assert report.teacher["run_dir"].endswith("00-teacher") and "% of teacher: of" in report.markdown()
     stages = [("00-teacher", tmp_path / "p/00-teacher", "teacher"), ("02-grade1-2L", tmp_path / "p/02-grade1-2L")]
     build_report(stages)  # alike: accepted
-    evaluate(tmp_path / "p/02-grade1-2L", split="valid", progress=False)  # the student's metrics.json now on valid
+    evaluate(tmp_path / "p/02-grade1-2L", build_config(None, eval={"split": "valid"}), progress=False)  # the student's metrics.json now on valid
     with pytest.raises(KGDistillError, match="02-grade1-2L.*split 'valid'.*'test'"):
         build_report(stages)
 

@@ -1,4 +1,4 @@
-"""``kgdistill export-st``: the query and entity encoders as sentence-transformers folders that
+"""``kgdistill export --format sentence-transformers``: the query and entity encoders as sentence-transformers folders that
 ``SentenceTransformer`` loads and that give our own vectors, the query as a (head text, relation text) pair."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import train_tiny
 st = pytest.importorskip("sentence_transformers")
 
 from kgdistill.cli import main  # noqa: E402
-from kgdistill.inference.st_export import our_vectors, sample_texts  # noqa: E402
+from kgdistill.jobs.st_export import our_vectors, sample_texts  # noqa: E402
 from kgdistill.store.context import DataContext  # noqa: E402
 from kgdistill.store.saved import load_model, model_config  # noqa: E402
 
@@ -21,7 +21,7 @@ from kgdistill.store.saved import load_model, model_config  # noqa: E402
 def test_sentence_transformers_reproduces_both_encoders(tiny_plm, tiny_kg, cache_dir, tmp_path, pooling):
     run = train_tiny(tmp_path / "run", tiny_kg, tiny_plm, model__pooling=pooling)
     out = tmp_path / "st"
-    assert main(["export-st", "--model", str(run), "--output", str(out)]) == 0
+    assert main(["export", "--format", "sentence-transformers", "--model", str(run), "--output", str(out)]) == 0
     for which in ("query", "entity"):
         modules = json.loads((out / which / "modules.json").read_text())
         assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
@@ -54,6 +54,6 @@ def test_export_st_refuses_a_folder_that_is_not_its_own(tiny_plm, tiny_kg, cache
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
-    assert main(["export-st", "--model", str(run), "--output", str(taken)]) == 2
-    assert "neither an empty folder nor a previous export-st" in capsys.readouterr().err
-    assert main(["export-st", "--model", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")]) == 2
+    assert main(["export", "--format", "sentence-transformers", "--model", str(run), "--output", str(taken)]) == 2
+    assert "neither an empty folder nor a previous sentence-transformers export" in capsys.readouterr().err
+    assert main(["export", "--format", "sentence-transformers", "--model", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")]) == 2

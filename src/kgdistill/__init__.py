@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name is i
     from .jobs.evaluate import evaluate
     from .store.saved import load_model
     from .jobs.train import TrainOutcome, train
+    from .jobs.tune import TuneResult, tune
+    from .data.frames import from_dataframes, to_dataframes
     from .results import Result
 
 _EXPORTS = {
@@ -43,6 +45,10 @@ _EXPORTS = {
     "Prediction": "kgdistill.inference.predictor",
     "serve": "kgdistill.inference.server",
     "load_dataset": "kgdistill.data.loading",
+    "from_dataframes": "kgdistill.data.frames",
+    "to_dataframes": "kgdistill.data.frames",
+    "tune": "kgdistill.jobs.tune",
+    "TuneResult": "kgdistill.jobs.tune",
     "build_config": "kgdistill.config",
     "RunConfig": "kgdistill.config",
     "Result": "kgdistill.results",
@@ -51,7 +57,8 @@ _EXPORTS = {
 
 __all__ = ["EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report", "Result",
            "RunConfig", "TrainOutcome", "__version__", "build_config", "distill", "evaluate", "export_model",
-           "load_dataset", "load_model", "pipeline", "serve", "train"]
+           "from_dataframes", "load_dataset", "load_model", "pipeline", "serve", "to_dataframes", "train", "TuneResult",
+           "tune"]
 
 
 def __getattr__(name: str):

@@ -6,6 +6,7 @@ A thin facade: it defines nothing and nothing inside the package imports it. Job
 from __future__ import annotations
 
 from .config import RunConfig, build_config
+from .data.frames import from_dataframes, to_dataframes
 from .data.loading import load_dataset
 from .jobs.distill import distill
 from .jobs.pipeline import pipeline
@@ -19,10 +20,11 @@ from .store.context import DataContext
 from .jobs.evaluate import evaluate
 from .store.saved import load_model, load_run_config, resolve_model_dir
 from .jobs.train import TrainOutcome, train
+from .jobs.tune import TuneResult, tune
 from .models.builder import build_model
 from .results import Result
 
 __all__ = ["DataContext", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report",
            "Result", "RunConfig", "TrainOutcome", "build_config", "build_model", "distill", "evaluate",
-           "export_model", "load_dataset", "load_model", "load_run_config", "pipeline",
-           "resolve_model_dir", "serve", "train"]
+           "export_model", "from_dataframes", "load_dataset", "load_model", "load_run_config", "pipeline",
+           "resolve_model_dir", "serve", "to_dataframes", "train", "TuneResult", "tune"]

@@ -15,7 +15,7 @@ import warnings
 
 from ..errors import KGDistillError
 from ..io import DISK_ERRNOS
-from . import extras, jobs, use
+from . import jobs, use
 
 EXIT_USER_ERROR = 2
 VERBOSE_HELP = "show tracebacks, and other packages' warnings, log lines and loading bars"
@@ -28,7 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     jobs.add_commands(sub)
     use.add_commands(sub)
-    extras.add_commands(sub)
     for command in sub.choices.values():  # --verbose after the subcommand too; SUPPRESS keeps one given before it
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser

@@ -1,4 +1,4 @@
-"""Subcommands that make run folders or measure: train, evaluate, distill, pipeline, bench, convert. Each prints its
+"""Subcommands that make run folders or measure: train, evaluate, distill, pipeline, tune, bench, convert, subgraph. Each prints its
 result's ``table()``, or ``to_dict()`` as JSON with ``--json``."""
 from __future__ import annotations
 
@@ -77,12 +77,10 @@ def cmd_evaluate(args) -> None:
     """``kgdistill evaluate``."""
     from ..jobs.evaluate import evaluate
 
-    config = _build_config(args) if (args.overrides or args.config) else None
-    if config is not None:
-        config.eval.split = args.split
+    config = _build_config(args, {"eval": {"split": args.split}} if args.split else None)
     check_output_dir(args.output, "--output")
-    check_model_dataset(check_model(args.model, "--model", config.eval.checkpoint if config else "last"), args.dataset)
-    _print(evaluate(args.model, args.dataset, args.split, config, args.output), args.json)
+    check_model_dataset(check_model(args.model, "--model", config.eval.checkpoint), args.dataset)
+    _print(evaluate(args.model, config, args.output), args.json)
 
 
 def cmd_distill(args) -> None:
@@ -105,14 +103,14 @@ def cmd_pipeline(args) -> None:
     from ..jobs.pipeline import pipeline
     from ..models.plm import resolve_plm
 
-    config = _build_config(args)
+    config = _build_config(args, {"distill": {"teacher": args.teacher}} if args.teacher else None)
     check_output_dir(args.output_dir, "--output-dir")
-    if args.teacher:
-        check_student_dataset(config, check_model(args.teacher, "--teacher"))
+    if config.distill.teacher:
+        check_student_dataset(config, check_model(config.distill.teacher, "--teacher"))
     else:
         resolve_plm(config.model.plm)
         check_dataset(config.data.dataset, config.data.format)
-    _print(pipeline(config, args.output_dir, teacher=args.teacher, tracker=args.tracker), args.json)
+    _print(pipeline(config, args.output_dir, tracker=args.tracker), args.json)
 
 
 def cmd_bench(args) -> None:
@@ -157,6 +155,26 @@ def cmd_subgraph(args) -> None:
     print(f"{kg.summary()}\nwritten in the kgdistill format to {args.output} (PROVENANCE.json says how)")
 
 
+def cmd_tune(args) -> None:
+    """``kgdistill tune``."""
+    from ..jobs.tune import load_tune_file, make_pruner, tune
+    from ..models.plm import resolve_plm
+
+    if not args.config:
+        raise KGDistillError("kgdistill tune: give --config FILE with a 'search' section (the search space)")
+    base, space = load_tune_file(args.config)
+    config = _build_config(argparse.Namespace(**{**vars(args), "config": None}), base)
+    check_output_dir(args.output_dir, "--output-dir")
+    check_dataset(config.data.dataset, config.data.format)
+    resolve_plm(config.model.plm)
+    pruner = make_pruner(args.pruner)  # also: Optuna is installed
+    if not args.verbose:  # Optuna logs every trial through its own handler
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _print(tune(config, space, args.output_dir, args.trials, args.job, pruner=pruner), args.json)
+
+
 def add_commands(sub) -> None:
     """Add the subcommands that make run folders or measure to the ``kgdistill`` parser's subparsers."""
     p = sub.add_parser("train", help="train a SimKGC teacher and evaluate it")
@@ -171,7 +189,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="filtered ranking of a saved model over all entities")
     _config_args(p, training=False)
     p.add_argument("--model", required=True, help="run folder or model folder")
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--split", choices=["train", "valid", "test"], help="eval.split (default test)")
     p.add_argument("--output", help="folder for metrics.json (default: the run folder)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_evaluate)
@@ -230,3 +248,18 @@ def add_commands(sub) -> None:
                    help="top valid and test up to this many triples each from leak-free training triples")
     p.add_argument("--format", default="auto", choices=["auto", "kgdistill", "simkgc", "kgbert"])
     p.set_defaults(func=cmd_subgraph)
+
+    p = sub.add_parser("tune", help="hyperparameter search on the validation split (Optuna; resumable)",
+                       description="The search space is the 'search' section of --config (config key -> "
+                                   "{type: float|int|categorical, ...}); the file's other sections, the preset and "
+                                   "key=value overrides make the base config. Every trial evaluates on valid.")
+    _config_args(p)
+    p.add_argument("--output-dir", required=True, help="study folder: study.db, trials/, best_config.yaml, trials.md")
+    p.add_argument("--trials", type=_positive_int, required=True,
+                   help="finished trials wanted in all (a second call continues the study)")
+    p.add_argument("--job", default="train", choices=["train", "pipeline"],
+                   help="what a trial runs; default %(default)s (pipeline trials are not pruned)")
+    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
+                   help="stops weak train trials at a validation; default %(default)s")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_tune)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..data.dataset import decode_lines
 from ..errors import KGDistillError
-from .checks import check_dataset
+from .checks import check_dataset, check_output_dir
 
 MAX_QUERY_FILE_BYTES = 1 << 30
 
@@ -150,8 +150,16 @@ def cmd_export(args) -> None:
     """``kgdistill export``."""
     from ..jobs.export import export_model
 
-    result = export_model(args.model, args.output, args.format, args.quantize, args.dataset, args.checkpoint,
-                          args.index_dtype, progress=True)
+    if args.format == "sentence-transformers":
+        from ..jobs.st_export import export_sentence_transformers
+
+        if args.quantize:
+            raise KGDistillError("--quantize: not for --format sentence-transformers (the folders hold fp32 weights)")
+        check_output_dir(args.output, "--output")
+        result = export_sentence_transformers(args.model, args.output, args.checkpoint, args.dataset)
+    else:
+        result = export_model(args.model, args.output, args.format, args.quantize, args.dataset, args.checkpoint,
+                              args.index_dtype, progress=True)
     print(result.to_json() if args.json else result.table())
 
 
@@ -203,7 +211,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("export", help="self-contained folder: safetensors, tokenizer, config, entity map, index "
                                       "(and ONNX encoders)")
     _model_args(p)
-    p.add_argument("--format", default="hf", choices=["hf", "onnx"], help="default %(default)s")
+    p.add_argument("--format", default="hf", choices=["hf", "onnx", "sentence-transformers"],
+                   help="hf (our folder), onnx (with ONNX encoders) or sentence-transformers (query/ and entity/ "
+                        "folders any ST user or server loads, verified against our vectors); default %(default)s")
     p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation of the Linear layers")
     p.add_argument("--output", required=True, help="export folder (created; a previous export is replaced)")
     p.add_argument("--index-dtype", default="fp32", choices=["fp32", "fp16"], help="default %(default)s")

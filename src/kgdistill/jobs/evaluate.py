@@ -23,19 +23,19 @@ def evaluate_in_run(run_dir: Path, data: DataContext, model: BiEncoder, config: 
     return result
 
 
-def evaluate(model_path: str | Path, dataset: str | None = None, split: str = "test", config: RunConfig | None = None,
-             output: str | Path | None = None, progress: bool = True) -> EvaluationResult:
-    """Filtered ranking of a saved model on ``split``; writes ``metrics.json`` beside the run (or into ``output``).
+def evaluate(model_path: str | Path, config: RunConfig | None = None, output: str | Path | None = None,
+             progress: bool = True) -> EvaluationResult:
+    """Filtered ranking of a saved model on ``eval.split`` (default test); writes ``metrics.json`` beside the run (or
+    into ``output``).
 
-    The model's own dataset and text settings apply unless ``dataset`` is given; ``config`` supplies only the
-    evaluation, device and precision settings."""
-    model, tokenizer, folder = load_model(model_path, (config.eval.checkpoint if config else "last"))
-    job = model_config(folder, dataset)
-    if config is not None:  # the caller's evaluation and device settings; the data settings the model was trained with
-        job.eval, job.train.device, job.train.precision = config.eval, config.train.device, config.train.precision
-    job.eval.split = split
+    ``config`` (default: the defaults) supplies the evaluation, device and precision settings; the model's own
+    dataset and text settings apply unless the config's ``data.dataset`` was set by the user."""
+    config = config or RunConfig()
+    model, tokenizer, folder = load_model(model_path, config.eval.checkpoint)
+    job = model_config(folder, config.data.dataset if "data.dataset" in config.explicit else None)
+    job.eval, job.train.device, job.train.precision = config.eval, config.train.device, config.train.precision
     data = DataContext(job, tokenizer)
     device = pick_device(job.train.device)
-    result = data.evaluator(device).evaluate(model.to(device), split, progress=progress)
+    result = data.evaluator(device).evaluate(model.to(device), progress=progress)
     result.save(Path(output) if output else run_dir_of(folder))
     return result

@@ -48,14 +48,15 @@ class _StageEstimate(Callback):
                  "stage's rate)", stage.name, seconds / done, remaining / 60)
 
 
-def pipeline(config: RunConfig, output_dir: str | Path, teacher: str | Path | None = None,
-             progress: bool = True, tracker: str | None = None) -> Report:
-    """The whole ladder, resumable stage by stage; writes ``report.json``, ``report.md`` and ``report.png``.
+def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, tracker: str | None = None) -> Report:
+    """The whole ladder, resumable stage by stage; writes ``report.json``, ``report.md`` and ``report.png``. With
+    ``distill.teacher`` set, that trained teacher is reused instead of training one.
 
     ``tracker`` (``tensorboard`` or ``mlflow``, default none) mirrors every stage's training log to a tracker."""
     make_trackers(tracker)  # a missing tracker package fails before anything runs
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    teacher = config.distill.teacher
     if teacher is not None:
         depth = load_model(teacher)[0].num_layers
     else:

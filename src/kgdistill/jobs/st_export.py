@@ -1,7 +1,7 @@
 """The query and entity encoders as sentence-transformers model folders, for the tools that load those
 (``SentenceTransformer(path)``, text-embeddings-inference, vector databases' embedders).
 
-Layout (``kgdistill export-st --model RUN --output OUT``)::
+Layout (``kgdistill export --format sentence-transformers --model RUN --output OUT``)::
 
     OUT/query/       (head text, relation text) as one BERT sentence pair -> the query vector
     OUT/entity/      an entity's text -> its vector
@@ -130,7 +130,7 @@ def _verify(model: BiEncoder, tokenizer, config, stage: Path) -> dict | None:
 def _readme(meta: dict) -> str:
     check = meta["verification"]
     if check is None:
-        verified = ("Not verified at export (sentence-transformers was not installed); `kgdistill export-st` verifies "
+        verified = ("Not verified at export (sentence-transformers was not installed); `kgdistill export --format sentence-transformers` verifies "
                     "when it is.")
     else:
         verified = "\n".join(f"- {which}: max abs difference {check[which]['max_abs_diff']:.2e} over "
@@ -185,7 +185,7 @@ def export_sentence_transformers(model_path: str | Path, output: str | Path, che
     model, tokenizer, folder = load_model(model_path, checkpoint)
     output = Path(output)
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / ST_META).is_file())):
-        raise KGDistillError(f"output {output}: neither an empty folder nor a previous export-st; choose another")
+        raise KGDistillError(f"output {output}: neither an empty folder nor a previous sentence-transformers export; choose another")
     config = model_config(folder, dataset)
     model = model.eval().float().cpu()
     output.parent.mkdir(parents=True, exist_ok=True)
