@@ -136,3 +136,20 @@ def tiny_config(tiny_plm, tiny_kg, cache_dir):
         return make_tiny_config(tiny_kg, tiny_plm, **overrides)
 
     return make
+
+
+# The CLI overrides of a two-step run, for the tests that drive commands with bad input.
+TINY = tiny_overrides(train__max_steps=2, train__checkpoint_every=1, distill__stage_steps=None)
+
+
+def assert_user_error(rc: int, err: str, expected: list[str]) -> str:
+    """Exit 2 and exactly one ``kgdistill: error:`` line, the last thing on stderr, containing every ``expected``."""
+    assert rc == 2, f"exit status {rc}, stderr:\n{err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("kgdistill: error:")]
+    assert len(errors) == 1, f"expected one error line, stderr:\n{err}"
+    assert lines[-1] == errors[0], f"the error message spans several lines:\n{err}"
+    for text in expected:
+        assert text in errors[0], f"{text!r} not in {errors[0]!r}"
+    return errors[0]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kgdistill.cli import main, parse_args, third_party_output
-from test_malformed_inputs import TINY, assert_user_error
+from conftest import TINY, assert_user_error
 
 
 def test_overrides_anywhere_among_the_options():

@@ -15,7 +15,7 @@ from kgdistill.data.formats import detect_format
 from kgdistill.data.loading import convert_dataset, load_dataset
 from kgdistill.data.text import TextBuilder
 from kgdistill.errors import DataError
-from test_malformed_inputs import TINY, assert_user_error
+from conftest import TINY, assert_user_error
 
 # ---------------------------------------------------------------------------------------------------- tiny folders
 SIMKGC_ENTITIES = [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_kg, make_tiny_plm, tiny_overrides, train_tiny
+from conftest import TINY, assert_user_error, make_tiny_kg, make_tiny_plm, tiny_overrides, train_tiny
 from kgdistill.cli import main
 from kgdistill.config import build_config, parse_overrides
 from kgdistill.data.loading import load_dataset
@@ -21,7 +21,6 @@ from kgdistill.errors import DataError
 from kgdistill.io import write_manifest
 
 # The tiny config as CLI overrides, two steps: builds and (when asked) trains in about a second.
-TINY = tiny_overrides(train__max_steps=2, train__checkpoint_every=1, distill__stage_steps=None)
 PARTIAL = ("checkpoint-last", "checkpoint-best", "metrics.json", "model.safetensors", "train_summary.json",
            "predictions.jsonl")
 
@@ -58,19 +57,6 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     capsys.readouterr()
     rc = main(argv)
     return rc, capsys.readouterr().err
-
-
-def assert_user_error(rc: int, err: str, expected: list[str]) -> str:
-    """Exit 2 and exactly one ``kgdistill: error:`` line, the last thing on stderr, containing every ``expected``."""
-    assert rc == 2, f"exit status {rc}, stderr:\n{err}"
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("kgdistill: error:")]
-    assert len(errors) == 1, f"expected one error line, stderr:\n{err}"
-    assert lines[-1] == errors[0], f"the error message spans several lines:\n{err}"
-    for text in expected:
-        assert text in errors[0], f"{text!r} not in {errors[0]!r}"
-    return errors[0]
 
 
 def assert_no_artefacts(out: Path) -> None:
