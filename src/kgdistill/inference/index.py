@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..runfolder import RunFolder
 from ..errors import CheckpointError, KGDistillError
 from ..io import MANIFEST, atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -36,7 +37,7 @@ INDEX_FORMAT = "kgdistill-entity-index"
 INDEX_VERSION = 2  # 2: the .npy checksum
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
 FAISS_KINDS = ("flat", "ivf", "hnsw")
-CHECKPOINT_NAMES = ("checkpoint-last", "checkpoint-best")
+CHECKPOINT_NAMES = (RunFolder.LAST, RunFolder.BEST)
 
 
 class IndexUnavailableError(KGDistillError):

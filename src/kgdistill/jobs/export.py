@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..runfolder import RunFolder
 from ..config import RunConfig
 from ..data.batching import EncoderBatch, pad, tokenize
 from ..data.dataset import SPLITS
@@ -57,7 +58,7 @@ EXPORT_FORMAT = "kgdistill-export"
 FORMATS = ("hf", "onnx")
 ONNX_FILES = {"query": "onnx/query_encoder.onnx", "entity": "onnx/entity_encoder.onnx"}
 ONNX_OPSET = 17
-REWRITTEN = ("index/", "metrics.json")  # files of an export that later jobs rewrite: left out of its manifest
+REWRITTEN = ("index/", RunFolder.METRICS)  # files of an export that later jobs rewrite: left out of its manifest
 
 
 class _PooledEncoder(nn.Module):
@@ -155,8 +156,8 @@ def _copy_run_files(source: Path, config: RunConfig, same_dataset: bool, stage: 
     run_dir = run_dir_of(source)
     evaluated = BEST if config.eval.checkpoint == "best" and (run_dir / BEST).is_dir() else LAST
     metrics_apply = same_dataset and (source == run_dir or source.name == evaluated)
-    for name in ("metrics.json", "run.json", "train_summary.json"):
-        if (run_dir / name).is_file() and (name != "metrics.json" or metrics_apply):
+    for name in (RunFolder.METRICS, RunFolder.RUN_INFO, RunFolder.SUMMARY):
+        if (run_dir / name).is_file() and (name != RunFolder.METRICS or metrics_apply):
             shutil.copyfile(run_dir / name, stage / name)
 
 
@@ -228,7 +229,7 @@ def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", 
         exported = copy.deepcopy(config)
         exported.data.dataset, exported.data.format = str(final / data_rel), "kgdistill"
         exported.data.cache_dir = None
-        exported.save(stage / "config.yaml")
+        exported.save(stage / RunFolder.CONFIG)
         report: dict = {"format": EXPORT_FORMAT, "version": 1, "export_format": format, "quantize": quantize,
                         "dataset": data_rel, "dataset_name": kg.name, "source": str(source.resolve()),
                         "weights_sha256": sha256_file(stage / "model.safetensors")}
