@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import multiprocessing
 import os
 import shlex
 import signal
@@ -147,11 +148,14 @@ def time_sequential(url: str, queries: list[dict], warmup: int, timeout: float, 
         return _report(answers, time.perf_counter() - start)
 
 
-def probe_health(url: str, stop: threading.Event, timeout: float, answers: list) -> None:
-    """/health every HEALTH_INTERVAL seconds until ``stop``, on one keep-alive connection, as a prober would."""
+def probe_health(url: str, stop, timeout: float, answers) -> None:
+    """/health every HEALTH_INTERVAL seconds until ``stop``, on one keep-alive connection, as a prober would. It runs
+    in a process of its own: a thread beside hundreds of client threads would time this process's GIL queue, not
+    the server."""
     with httpx.Client(base_url=url, timeout=timeout) as client:
         while not stop.wait(HEALTH_INTERVAL):
-            answers.append(_request(client, "GET", "/health"))
+            answers.put(_request(client, "GET", "/health"))
+    answers.put(None)
 
 
 def slow_sender(host: str, port: int, stop_at: float, interval: float, outcomes: Counter, lock: threading.Lock
@@ -216,8 +220,10 @@ def time_load(url: str, queries: list[dict], args, headers: dict) -> dict:
         t.start()
     if senders:
         time.sleep(min(args.trickle_interval, args.seconds / 4))  # the slow senders hold their connections first
-    stop_health = threading.Event()
-    prober = threading.Thread(target=probe_health, args=(url, stop_health, args.client_timeout, health), daemon=True)
+    fork = multiprocessing.get_context("fork")  # the prober only speaks HTTP: no torch in the child
+    stop_health, health_queue = fork.Event(), fork.Queue()
+    prober = fork.Process(target=probe_health, args=(url, stop_health, args.client_timeout, health_queue),
+                           daemon=True)
     prober.start()
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
     start = time.perf_counter()
@@ -227,6 +233,7 @@ def time_load(url: str, queries: list[dict], args, headers: dict) -> dict:
         t.join()
     seconds = time.perf_counter() - start
     stop_health.set()
+    health.extend(iter(health_queue.get, None))
     prober.join()
     for t in senders:
         t.join(args.trickle_interval + args.client_timeout)

@@ -233,7 +233,7 @@ def add_commands(sub) -> None:
                    help="most concurrent prediction requests answered by one model call; default %(default)s")
     p.add_argument("--batch-wait-ms", type=float, default=2.0,
                    help="while requests arrive together, wait this long for a batch to fill; default %(default)s")
-    p.add_argument("--limit-concurrency", type=int, default=256,
+    p.add_argument("--limit-concurrency", type=int, default=1024,
                    help="connections and requests in flight, more are answered 503; default %(default)s")
     p.add_argument("--keep-alive", type=int, default=5, help="idle keep-alive timeout in seconds; default %(default)s")
     p.add_argument("--receive-timeout", type=float, default=10.0,

@@ -63,7 +63,9 @@ DEFAULT_RECEIVE_TIMEOUT = 10.0  # seconds to receive a request body once its hea
 DEFAULT_REQUEST_TIMEOUT = 30.0  # seconds a request may wait for and use the model
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 2.0
-DEFAULT_LIMIT_CONCURRENCY = 256  # connections and requests in flight; more are answered 503 by uvicorn
+# Connections and requests in flight; more are answered 503 by uvicorn. Idle or trickling connections count too: at
+# 256, 300 slow senders starved an ordinary client (93 % 503s); at 1024 it was served as if alone (BENCHMARKS.md §6c).
+DEFAULT_LIMIT_CONCURRENCY = 1024
 DEFAULT_KEEP_ALIVE = 5  # seconds an idle keep-alive connection is kept
 DEFAULT_GRACEFUL_SHUTDOWN = 10  # seconds in-flight requests get to finish on shutdown
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
