@@ -217,7 +217,9 @@ def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
     rows = {r["kind"]: r for r in report.rows}
     assert rows["direct"]["initialised_from"] == "teacher" and rows["plm"]["initialised_from"] == "plm"
     assert rows["pmd"]["steps"] == 2 and rows["direct"]["steps"] == rows["plm"]["steps"] == 3  # equal compute
-    assert "| direct |" in report.markdown()
+    assert "| direct | ce |" in report.markdown()
+    # the student trained at a 0 % mask rate: its objective has no MGFD term, and the report says so
+    assert rows["pmd"]["objective"] == "0.8 ce + 0.1 score" and rows["teacher"]["objective"] == "ce"
 
 
 def test_pipeline_serving_grade_keeps_the_teachers_entity_encoder(tiny_config, tmp_path):

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ..errors import KGDistillError
 from ..runfolder import RunFolder
-from ..store.saved import read_run_files
+from ..store.saved import load_run_config, read_run_files, resolve_model_dir
 from ..results import Result
 from ..training.callbacks import LOG_NAME
+from ..training.distillation import distill_terms
 
 
 def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
@@ -30,7 +31,20 @@ def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
             both = metrics[variant]["both"]
             row[variant] = {k: both[k] for k in ("mrr", "hits@1", "hits@3", "hits@10", "mr")}
     row["evaluation"] = {key: metrics.get(key) for key in EVALUATION_KEYS}
+    row["objective"] = objective_of(run_dir, kind)
     return row
+
+
+def objective_of(run_dir: Path, kind: str) -> str:
+    """What a row was trained with, by name: the teacher's and the controls' InfoNCE, or a student's weighted
+    distillation terms (so a student without MGFD is not taken for PMD's full objective)."""
+    if kind in ("teacher", "direct", "plm"):
+        return "ce"
+    config = load_run_config(resolve_model_dir(run_dir))
+    if config is None:
+        return "?"
+    d = config.distill
+    return " + ".join(f"{weight:g} {name}" for name, weight in distill_terms(d, d.mask_rate or 0.0))
 
 
 # What makes two evaluations comparable: the same split and triples, candidates, filter, tie policy and re-ranking.
@@ -95,17 +109,17 @@ class Report(Result):
         """The rows as a Markdown table, MRR and Hits in %, with the change against the teacher."""
         teacher = self.rows[0]
         lines = [self.teacher_line(), ""] if self.teacher else []
-        lines += ["| model | kind | layers (query/entity) | steps | train s | params (M) | non-emb (M) | size (MB) | "
+        lines += ["| model | kind | objective | layers (query/entity) | steps | train s | params (M) | non-emb (M) | size (MB) | "
                  "entities/s | queries/s | MRR | H@1 | H@3 | H@10 | MRR rerank | H@10 rerank | dMRR vs teacher | "
                  "% of teacher |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             m, rr = r["no_rerank"], r.get("rerank", r["no_rerank"])
             delta = (m["mrr"] - teacher["no_rerank"]["mrr"]) * 100
             eps = f"{r['entities_per_s']:.0f}" if r["entities_per_s"] else "-"
             qps = f"{r['queries_per_s']:.0f}" if r.get("queries_per_s") else "-"
             secs = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
-            lines.append(f"| {r['name']} | {r.get('kind', 'pmd')} | {r['layers']}/{r.get('entity_layers', r['layers'])} | "
+            lines.append(f"| {r['name']} | {r.get('kind', 'pmd')} | {r.get('objective', '?')} | {r['layers']}/{r.get('entity_layers', r['layers'])} | "
                          f"{r.get('steps') or '-'} | {secs} | {r['parameters'] / 1e6:.1f} | "
                          f"{r['non_embedding_parameters'] / 1e6:.1f} | {r['size_mb']} | {eps} | {qps} | {m['mrr'] * 100:.2f} | "
                          f"{m['hits@1'] * 100:.2f} | {m['hits@3'] * 100:.2f} | {m['hits@10'] * 100:.2f} | "
