@@ -16,7 +16,6 @@ Prints a table; ``--json-out`` writes every number. Run it with nothing else usi
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import multiprocessing
 import os
@@ -36,6 +35,7 @@ import numpy as np
 
 from kgdistill.data.dataset import KnowledgeGraph
 from kgdistill.inference.predictor import Predictor
+from kgdistill.inference.server import is_loopback
 
 HEALTH_INTERVAL = 0.1  # seconds between /health probes during the load phase
 SLOW_BODY_BYTES = 1000  # declared by each slow sender: far more than it sends before any deadline
@@ -76,16 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')}: must be 0 or more")
     if args.requests is not None and args.requests < 1:
         p.error("--requests: must be positive")
-    if args.url and not _loopback(httpx.URL(args.url).host):
+    if args.url and not is_loopback(httpx.URL(args.url).host):
         p.error("--url: the load test only targets a loopback address (127.0.0.1, ::1, localhost)")
     return args
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def draw_queries(kg: KnowledgeGraph, count: int, k: int, seed: int) -> list[dict]:

@@ -39,6 +39,8 @@ else
 fi
 if [ "$exit_early" = 0 ]; then
     "$KGD_PYTHON" -m pip install -q --disable-pip-version-check "torch==2.13.0"
-    "$KGD_PYTHON" -m pip install -q --disable-pip-version-check -e ".[test,serve,index,export,tune,st,pandas,oracle]"
+    # torch named again so that no extra (PyKEEN, sentence-transformers) can move it off the CPU pin
+    "$KGD_PYTHON" -m pip install -q --disable-pip-version-check -e ".[test,serve,index,export,tune,st,pandas,oracle]" \
+        "torch==2.13.0"
     if [ "$KGD_PYTHON" = "$PWD/.venv/bin/python" ]; then touch .venv/"$stamp"; fi
 fi

@@ -65,6 +65,14 @@ def make_tiny_kg(folder: Path, entities: int = 24, seed: int = 0) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Token caches of the whole session in a temporary folder, never ~/.cache (``cache_dir`` gives a test its own)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KGDISTILL_CACHE", str(tmp_path_factory.mktemp("session-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_plm(tmp_path_factory) -> Path:
     return make_tiny_plm(tmp_path_factory.mktemp("plm"))
@@ -153,3 +161,9 @@ def assert_user_error(rc: int, err: str, expected: list[str]) -> str:
     for text in expected:
         assert text in errors[0], f"{text!r} not in {errors[0]!r}"
     return errors[0]
+
+
+def train_args(plm: Path, kg: Path, run: Path, *extra: str, tiny: list[str] = TINY) -> list[str]:
+    """``kgdistill train`` of a tiny run without a preset and without evaluation, as CLI arguments."""
+    return ["train", "--preset", "", "--dataset", str(kg), "--plm", str(plm), "--output-dir", str(run), "--no-eval",
+            *tiny, *extra]

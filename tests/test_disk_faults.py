@@ -15,36 +15,27 @@ from typing import Callable
 
 import pytest
 
-from conftest import make_tiny_kg, make_tiny_plm, tiny_overrides
+from conftest import tiny_overrides, train_args
 from kgdistill.cli import main
 from kgdistill.io import atomic_write_bytes, replace_dir, save_tensors, verify_manifest
 from kgdistill.training.checkpoint import LAST
 
-TINY = tiny_overrides(train__max_steps=6, train__checkpoint_every=2, distill__stage_steps=None)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache_env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KGDISTILL_CACHE", str(tmp_path_factory.mktemp("disk-cache")))
-        yield
+SIX_STEPS = tiny_overrides(train__max_steps=6, train__checkpoint_every=2, distill__stage_steps=None)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    return {"plm": make_tiny_plm(tmp_path_factory.mktemp("disk-plm")),
-            "kg": make_tiny_kg(tmp_path_factory.mktemp("disk-kg"))}
+def env(tiny_plm, tiny_kg) -> dict:
+    return {"plm": tiny_plm, "kg": tiny_kg}
 
 
-def train_args(env: dict, run: Path, *extra: str) -> list[str]:
-    return ["train", "--preset", "", "--dataset", str(env["kg"]), "--plm", str(env["plm"]), "--output-dir", str(run),
-            "--no-eval", *TINY, *extra]
+def run_args(env: dict, run: Path, *extra: str) -> list[str]:
+    return train_args(env["plm"], env["kg"], run, *extra, tiny=SIX_STEPS)
 
 
 @pytest.fixture(scope="module")
 def trained(env, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("disk-run") / "run"
-    assert main(train_args(env, run)) == 0
+    assert main(run_args(env, run)) == 0
     return run
 
 
@@ -118,14 +109,14 @@ def test_checkpoint_write_fails_cleanly_and_the_previous_checkpoint_resumes(call
     else:  # a file of the checkpoint being staged, once the first one is on disk
         hits = lambda p: f"/.{LAST}." in p and (run / LAST / "manifest.json").exists()  # noqa: E731
     failed = inject(monkeypatch, call, code, hits)
-    rc, err = run_cli(train_args(env, run), capsys)
+    rc, err = run_cli(run_args(env, run), capsys)
     assert failed, "the fault never fired"
     assert_disk_error(rc, err, code, str(run))
     assert checkpoint_step(run) == 2
     assert not leftovers(run), leftovers(run)
     monkeypatch.undo()
     if call == "replace":
-        rc, err = run_cli(train_args(env, run, "--resume"), capsys)
+        rc, err = run_cli(run_args(env, run, "--resume"), capsys)
         assert rc == 0, err
         assert checkpoint_step(run) == 6
 
@@ -196,7 +187,7 @@ def test_read_only_output_dir_is_refused_before_any_model_loads(env, tmp_path, m
     monkeypatch.setattr(train_job, "build_model", never)
     inject(monkeypatch, "write", errno.EROFS, lambda p: ".kgdistill-probe-" in p)
     run = tmp_path / "new" / "run"
-    rc, err = run_cli(train_args(env, run), capsys)
+    rc, err = run_cli(run_args(env, run), capsys)
     assert_disk_error(rc, err, errno.EROFS, f"--output-dir {run}: cannot write there")
     assert not leftovers(tmp_path)
 
@@ -220,7 +211,7 @@ def test_real_read_only_folder_is_refused(env, tmp_path, capsys):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        rc, err = run_cli(train_args(env, locked / "run"), capsys)
+        rc, err = run_cli(run_args(env, locked / "run"), capsys)
     finally:
         locked.chmod(0o700)
     assert_disk_error(rc, err, errno.EACCES, "cannot write there")

@@ -26,13 +26,6 @@ PARTIAL = ("checkpoint-last", "checkpoint-best", "metrics.json", "model.safetens
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _cache_env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KGDISTILL_CACHE", str(tmp_path_factory.mktemp("malformed-cache")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def plm(tmp_path_factory) -> Path:
     return make_tiny_plm(tmp_path_factory.mktemp("malformed-plm"))

@@ -12,31 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_kg, make_tiny_plm, tiny_overrides
+from conftest import train_args
 from kgdistill.cli import main
 from kgdistill.io import LOCK, lock_folder
 
-TINY = tiny_overrides(train__max_steps=2, train__checkpoint_every=1, distill__stage_steps=None)
 HOLD = ("import sys; from pathlib import Path; from kgdistill.io import lock_folder; "
         "lock_folder(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache_env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KGDISTILL_CACHE", str(tmp_path_factory.mktemp("lock-cache")))
-        yield
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    return {"plm": make_tiny_plm(tmp_path_factory.mktemp("lock-plm")),
-            "kg": make_tiny_kg(tmp_path_factory.mktemp("lock-kg"))}
+def env(tiny_plm, tiny_kg) -> dict:
+    return {"plm": tiny_plm, "kg": tiny_kg}
 
 
-def train_args(env: dict, run: Path, *extra: str) -> list[str]:
-    return ["train", "--preset", "", "--dataset", str(env["kg"]), "--plm", str(env["plm"]), "--output-dir", str(run),
-            "--no-eval", *TINY, *extra]
+def run_args(env: dict, run: Path, *extra: str) -> list[str]:
+    return train_args(env["plm"], env["kg"], run, *extra)
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -60,7 +50,7 @@ def test_a_second_run_in_a_locked_folder_fails_naming_the_owner(env, tmp_path, c
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, b"424242\n")
-        rc, err = run_cli(train_args(env, run), capsys)
+        rc, err = run_cli(run_args(env, run), capsys)
     finally:
         os.close(fd)
     assert rc == 2
@@ -71,7 +61,7 @@ def test_a_second_run_in_a_locked_folder_fails_naming_the_owner(env, tmp_path, c
 
 def test_resume_of_a_live_run_fails_then_works_once_it_ended(env, tmp_path, capsys):
     first = tmp_path / "first"
-    rc, err = run_cli(train_args(env, first), capsys)
+    rc, err = run_cli(run_args(env, first), capsys)
     assert rc == 0, err
     assert (first / LOCK).read_text().strip() == str(os.getpid())  # held by this process until it ends
     run = tmp_path / "run"
@@ -80,32 +70,32 @@ def test_resume_of_a_live_run_fails_then_works_once_it_ended(env, tmp_path, caps
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        rc, err = run_cli(train_args(env, run, "--resume"), capsys)
+        rc, err = run_cli(run_args(env, run, "--resume"), capsys)
         assert rc == 2
         assert f"pid {holder.pid}" in error_line(err)
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
-    rc, err = run_cli(train_args(env, run, "--resume"), capsys)  # the OS released the ended process's lock
+    rc, err = run_cli(run_args(env, run, "--resume"), capsys)  # the OS released the ended process's lock
     assert rc == 0, err
+
+
+def assert_locked(folder: Path) -> None:
+    """Another open file description cannot take the folder's lock."""
+    probe = os.open(folder / LOCK, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
 
 
 def test_the_lock_is_held_by_this_process_and_retaken_for_a_new_folder(tmp_path):
     folder = tmp_path / "run"
     lock_folder(folder)
     lock_folder(folder)  # this process holds it already: fine
-    probe = os.open(folder / LOCK, os.O_RDWR)
-    try:
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(probe)
+    assert_locked(folder)
     shutil.rmtree(folder)  # removed and made again: the new folder is locked too
     lock_folder(folder)
-    probe = os.open(folder / LOCK, os.O_RDWR)
-    try:
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(probe)
+    assert_locked(folder)
     assert (folder / LOCK).read_text().strip() == str(os.getpid())

@@ -29,3 +29,15 @@ class Result(ABC):
     def to_json(self, indent: int | None = 2) -> str:
         """``to_dict()`` as JSON text."""
         return json.dumps(self.to_dict(), indent=indent)
+
+
+def figure_png(fig, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes (closed afterwards): what ``save()`` writes where a result has a plot."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()

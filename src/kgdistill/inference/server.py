@@ -126,7 +126,8 @@ def host_patterns(hosts: Iterable[str]) -> list[str]:
     return patterns
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (localhost or a loopback address)."""
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -555,7 +556,7 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, *,
         import uvicorn
     except ImportError:
         raise ServeUnavailableError("kgdistill serve needs uvicorn (pip install uvicorn)") from None
-    if not api_key and not _is_loopback(host):
+    if not api_key and not is_loopback(host):
         log.warning("kgdistill serve: listening on %s without an API key: anyone who reaches the port can use the "
                     "model (set %s or --api-key)", host, API_KEY_ENV)
     app = create_app(predictor, api_key=api_key, allowed_hosts=[*LOCAL_HOSTS, host, *allowed_hosts], **app_args)

@@ -22,7 +22,6 @@ takes), ``DIR/trials.md`` / ``trials.json`` the table and ``DIR/trials.png`` the
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -36,7 +35,7 @@ import yaml
 from ..config import RunConfig, config_from_dict, load_config_file
 from ..errors import ConfigError, KGDistillError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, lock_folder
-from ..results import Result
+from ..results import Result, figure_png
 from ..training.callbacks import Callback, StepEnd, selection_metric
 from ..training.checkpoint import LAST
 from .pipeline import pipeline
@@ -381,10 +380,7 @@ class TuneResult(Result):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        plt.close(fig)
-        return buffer.getvalue()
+        return figure_png(fig, dpi=100)
 
     def save(self, folder: str | Path) -> Path:
         """``trials.json``, ``trials.md``, ``trials.png`` and, once a trial completed, ``best_config.yaml``."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import KGDistillError
 from ..runfolder import RunFolder
 from ..store.saved import load_run_config, read_run_files, resolve_model_dir
-from ..results import Result
+from ..results import Result, figure_png
 from ..training.callbacks import LOG_NAME
 from ..training.distillation import distill_terms
 
@@ -139,8 +139,6 @@ class Report(Result):
 
     def plot(self) -> bytes:
         """PNG: MRR against parameters and against entity encoding speed, per kind of stage."""
-        import io
-
         import matplotlib
 
         matplotlib.use("Agg")
@@ -170,10 +168,7 @@ class Report(Result):
         axes[1].legend(fontsize=8)
         fig.suptitle("PMD students and their controls: quality against size and speed")
         fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        plt.close(fig)
-        return buffer.getvalue()
+        return figure_png(fig, dpi=110)
 
     def save(self, folder: str | Path) -> Path:
         """``report.json``, ``report.md`` and ``report.png``."""
