@@ -11,8 +11,8 @@ interrupted one resumes from its last checkpoint, so the script can be run again
 
 Phases: ``data`` (the small KG: ``kgdistill subgraph wn18rr --entities 3000 --seed 0 --max-expand 4 --heldout 500``),
 ``teachers`` (the ``quick`` teacher at 3x its steps, one run per learning rate; the best final valid MRR teaches),
-``students`` (one jump to 2 layers with the ``quick`` recipe and its controls, MGFD at equal compute, a second seed,
-3 layers, the ladder).
+``students`` (one jump to 2 layers with the ``quick`` recipe and its controls, MGFD at equal compute, the teacher's
+temperature, more seeds, 3 layers, the ladder), ``test`` (``--only RUN ...``: the final recipes on test, once).
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ STUDENTS: dict[str, tuple[str, dict]] = {
     "onejump-2L-s42": ("quick", {"distill": {"controls": ["direct", "direct-steps", "plm"], "serving_grade": True}}),
     # MGFD on (the paper's first rate, 20 %) at the same compute (fewer steps: masked passes cost)
     "onejump-2L-mask20-s42": ("quick", {"distill": {"grades": [{"layers": 2, "mask_rate": 0.2, "lr": 9e-4}]}}),
+    # the students start at the teacher's temperature by default; the same two students at the initial one
+    "onejump-2L-notempcopy-s42": ("quick", {"distill": {"copy_temperature": False, "serving_grade": True}}),
     "onejump-2L-s7": ("quick", {"seed": 7, "distill": {"controls": ["direct"], "serving_grade": True}}),
     "onejump-3L-s42": ("quick", {"distill": {"grades": [{"layers": 3, "mask_rate": 0.0, "lr": 4e-4}],
                                              "controls": ["direct"]}}),
@@ -123,11 +125,28 @@ def phase_students(out: Path, only: list[str] | None) -> None:
         kgdistill.pipeline(config, run)
 
 
+def phase_test(out: Path, names: list[str]) -> None:
+    """The final recipes on test, once: the chosen teacher and every stage of the named student runs, each into
+    ``RUN/test/metrics.json`` (their valid metrics stay where they are)."""
+    import kgdistill
+    from kgdistill.config import build_config
+
+    teacher = chosen_teacher(out)
+    runs = [teacher] + [stage for name in names for stage in sorted((out / name).iterdir())
+                        if (stage / "checkpoint-last").is_dir()]
+    for run in runs:
+        if not (run / "test" / "metrics.json").is_file():
+            kgdistill.evaluate(run, build_config(None, eval={"split": "test"}), output=run / "test", progress=False)
+
+
 def summary(out: Path) -> None:
     """Every finished run's valid MRR, and each student's % of the chosen teacher."""
     teacher = chosen_teacher(out)
     reference = final_valid(teacher)
-    print(f"| run | valid MRR | H@1 | H@10 | steps | % of teacher ({teacher.name}) |\n|---|---|---|---|---|---|")
+    test_reference = (json.loads((teacher / "test" / "metrics.json").read_text())["no_rerank"]["both"]["mrr"]
+                      if (teacher / "test" / "metrics.json").is_file() else None)
+    print(f"| run | valid MRR | H@1 | H@10 | steps | % of teacher ({teacher.name}) | test MRR | test % |\n"
+          "|---|---|---|---|---|---|---|---|")
     runs = [teacher_dir(out, lr) for lr in TEACHER_LRS]
     runs += sorted(p.parent for p in out.glob("*/*/metrics.json") if p.parent.parent.name in STUDENTS)
     for run in runs:
@@ -136,14 +155,18 @@ def summary(out: Path) -> None:
         both = json.loads((run / "metrics.json").read_text())["no_rerank"]["both"]
         steps = json.loads((run / "train_summary.json").read_text())["steps"]
         name = run.name if run.parent == out else f"{run.parent.name}/{run.name}"
+        test = ""
+        if (run / "test" / "metrics.json").is_file() and test_reference:
+            mrr = json.loads((run / "test" / "metrics.json").read_text())["no_rerank"]["both"]["mrr"]
+            test = f"{mrr * 100:.2f} | {mrr / test_reference * 100:.1f} %"
         print(f"| {name} | {both['mrr'] * 100:.2f} | {both['hits@1'] * 100:.2f} | {both['hits@10'] * 100:.2f} | "
-              f"{steps} | {both['mrr'] / reference * 100:.1f} % |")
+              f"{steps} | {both['mrr'] / reference * 100:.1f} % | {test or '- | -'} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/compression")
-    parser.add_argument("--phase", choices=["data", "teachers", "students", "all"], default="all")
+    parser.add_argument("--phase", choices=["data", "teachers", "students", "test", "all"], default="all")
     parser.add_argument("--only", nargs="*", help="student runs to do (default: all, in order)")
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
@@ -158,6 +181,8 @@ def main() -> None:
         phase_teachers(out)
     if args.phase == "students":
         phase_students(out, args.only)
+    if args.phase == "test":  # once, for the final recipes named by --only
+        phase_test(out, args.only or [])
     if args.phase == "all":  # the first teacher, its main student run, then the other teacher and the rest
         phase_teachers(out, TEACHER_LRS[:1])
         phase_students(out, [next(iter(STUDENTS))])
