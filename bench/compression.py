@@ -34,8 +34,6 @@ STUDENTS: dict[str, tuple[str, dict]] = {
     "onejump-2L-s42": ("quick", {"distill": {"controls": ["direct", "direct-steps", "plm"], "serving_grade": True}}),
     # MGFD on (the paper's first rate, 20 %) at the same compute (fewer steps: masked passes cost)
     "onejump-2L-mask20-s42": ("quick", {"distill": {"grades": [{"layers": 2, "mask_rate": 0.2, "lr": 9e-4}]}}),
-    # the students start at the teacher's temperature by default; the same two students at the initial one
-    "onejump-2L-notempcopy-s42": ("quick", {"distill": {"copy_temperature": False, "serving_grade": True}}),
     "onejump-2L-s7": ("quick", {"seed": 7, "distill": {"controls": ["direct"], "serving_grade": True}}),
     "onejump-3L-s42": ("quick", {"distill": {"grades": [{"layers": 3, "mask_rate": 0.0, "lr": 4e-4}],
                                              "controls": ["direct"]}}),
