@@ -145,3 +145,22 @@ def test_a_missing_tracker_package_is_one_line_before_any_model_loads(tiny_plm, 
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("kgdistill: error: tracker 'mlflow': needs the package mlflow")
     assert not (tmp_path / "run").exists()
+
+
+def test_early_stopping_ends_the_run_on_a_checkpoint_when_valid_stops_improving(tiny_config, tmp_path, monkeypatch):
+    from kgdistill.jobs.train import train
+    from kgdistill.training.trainer import Trainer
+
+    scores = iter([0.30, 0.50, 0.45, 0.44, 0.43, 0.42, 0.41, 0.40])  # best at the 2nd validation, then worse
+
+    def validate(self):
+        return {"valid_loss": 1.0, "valid_acc@1": next(scores)}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    config = tiny_config(train__max_steps=8, train__validate_every=1, train__checkpoint_every=100,
+                         train__early_stopping_patience=2)
+    outcome = train(config, tmp_path / "run", evaluate_after=False, progress=False)
+    assert outcome.train.steps == 4 and outcome.train.best_valid == 0.50  # two validations without improvement
+    state = json.loads((tmp_path / "run/checkpoint-last/trainer_state/state.json").read_text())
+    assert state["progress"]["step"] == 4  # the stop ended on a checkpoint that records it
+    assert (tmp_path / "run/checkpoint-best").is_dir()

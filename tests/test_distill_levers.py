@@ -276,3 +276,19 @@ def test_quick_preset_is_one_jump_and_quick_ladder_the_progressive_ladder():
     assert build_config("quick").model.layer_choice == "ends"
     ladder = [s for s in plan(build_config("quick-ladder"), 6) if s.kind == "pmd"]
     assert [s.layers for s in ladder] == [6, 5, 3, 2] and build_config("quick-ladder").model.layer_choice == "even"
+
+
+def test_a_data_key_the_user_set_is_kept_even_at_its_default_value(tiny_config, tmp_path):
+    """Which keys the user set is recorded, not guessed from the values: data.max_tokens=50 (the default) given
+    explicitly is not replaced by the teacher's 20."""
+    from kgdistill.api import train
+    from kgdistill.config import build_config
+    from kgdistill.jobs.distill import inherit_teacher_data
+
+    train(tiny_config(data__max_tokens=20), tmp_path / "t", evaluate_after=False, progress=False)
+    set_by_user = build_config(None, overrides={"data": {"max_tokens": 50}})
+    inherit_teacher_data(set_by_user, tmp_path / "t", {})
+    assert set_by_user.data.max_tokens == 50 and set_by_user.data.dataset == tiny_config().data.dataset
+    left_unset = build_config(None, overrides={"train": {"lr": 1e-3}})
+    inherit_teacher_data(left_unset, tmp_path / "t", {})
+    assert left_unset.data.max_tokens == 20
