@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_user_error, make_tiny_kg, make_tiny_plm, tiny_overrides, train_tiny
+from conftest import TINY, assert_user_error, make_tiny_kg, make_tiny_plm, train_tiny
 from kgdistill.cli import main
 from kgdistill.config import build_config, parse_overrides
 from kgdistill.data.loading import load_dataset

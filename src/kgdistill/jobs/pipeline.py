@@ -3,7 +3,6 @@ folder, resumable stage by stage, then the report. A finished stage is never red
 its last checkpoint."""
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from pathlib import Path

@@ -107,8 +107,8 @@ def set_key(values: dict, key: str, value: Any) -> None:
 def check_space(space: Any, base: RunConfig) -> dict[str, dict]:
     """The search space, checked: every key a config value of ``base``, every distribution well formed."""
     if not isinstance(space, dict) or not space:
-        raise ConfigError(f"search: expected a mapping of config keys to distributions, e.g. "
-                          f"train.lr: {{type: float, low: 1.0e-5, high: 1.0e-3, log: true}}")
+        raise ConfigError("search: expected a mapping of config keys to distributions, e.g. "
+                          "train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}")
     values = base.to_dict()
     for key, spec in space.items():
         where = f"search key '{key}'"

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from ..runfolder import RunFolder
-from .checkpoint import BEST, LAST
 
 if TYPE_CHECKING:
     from .trainer import Trainer, TrainResult
