@@ -43,11 +43,11 @@ STUDENTS: dict[str, tuple[str, dict]] = {
 
 
 def merge(*parts: dict) -> dict:
-    from kgdistill.config import _merge
+    from kgdistill.config import merge_values
 
     out: dict = {}
     for part in parts:
-        out = _merge(out, part)
+        out = merge_values(out, part)
     return out
 
 

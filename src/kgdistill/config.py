@@ -335,11 +335,13 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_values(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, nested sections merged key by key (the order presets, files and
+    overrides are resolved in)."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_values(out[key], value)
         else:
             out[key] = value
     return out
@@ -416,16 +418,16 @@ def build_config(preset: str | None = "quick", file: str | Path | None = None, o
     if preset:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
-        values = _merge(values, PRESETS[preset])
+        values = merge_values(values, PRESETS[preset])
     user: dict[str, Any] = {}
     if file:
-        user = _merge(user, load_config_file(file))
+        user = merge_values(user, load_config_file(file))
     if overrides:
-        user = _merge(user, overrides)
+        user = merge_values(user, overrides)
     for name, value in sections.items():
         if value is not None:
-            user = _merge(user, {name: value})
-    config = _build(RunConfig, _merge(values, user))
+            user = merge_values(user, {name: value})
+    config = _build(RunConfig, merge_values(values, user))
     validate(config)
     config.mark_explicit(dotted_keys(user))
     return config

@@ -38,9 +38,9 @@ def _config_args(parser: argparse.ArgumentParser, training: bool = True) -> None
 def _build_config(args, flags: dict | None = None):
     """The config of the command line: preset < --config < flags (``flags``: sections given by a command's own
     flags) < key=value overrides."""
-    from ..config import _merge, build_config, parse_overrides
+    from ..config import merge_values, build_config, parse_overrides
 
-    overrides = _merge(flags or {}, parse_overrides(args.overrides))
+    overrides = merge_values(flags or {}, parse_overrides(args.overrides))
     if getattr(args, "dataset", None):
         overrides.setdefault("data", {})["dataset"] = args.dataset
     if getattr(args, "plm", None):
