@@ -1,18 +1,22 @@
 """Compression measured as the paper measures it (issue 18): a teacher that finishes learning, choices made on the
 validation split, students against controls of equal compute.
 
-Every run evaluates on **valid** (``eval.split=valid``); ``--test`` evaluates the finished final recipes on test,
-once, into ``metrics-test.json`` beside each run. Every phase is resumable: a finished run is skipped, an
-interrupted one resumes from its last checkpoint, so the script can be run again after a kill or in a later session.
+Every run evaluates on **valid** (``eval.split=valid``); the ``test`` phase evaluates every finished run on test,
+once, into ``RUN/test/metrics.json``, after the choices (the teacher, frozen in ``decision.json``) were made on valid.
+Every phase is resumable: a finished run is skipped, an interrupted one resumes from its last checkpoint, so the
+script can be run again after a kill or in a later session.
 
-    python bench/compression.py --out runs/compression                  # phases in order, as far as time allows
-    python bench/compression.py --out runs/compression --phase teachers  # one phase
-    python bench/compression.py --out runs/compression --summary        # tables of what has finished (valid)
+    python bench/compression.py --out runs/compression-v2                  # phases in order
+    python bench/compression.py --out runs/compression-v2 --phase teachers  # one phase
+    python bench/compression.py --out runs/compression-v2 --summary        # tables of what has finished (+ JSON)
 
 Phases: ``data`` (the small KG: ``kgdistill subgraph wn18rr --entities 3000 --seed 0 --max-expand 4 --heldout 500``),
-``teachers`` (the ``quick`` teacher at 3x its steps, one run per learning rate; the best final valid MRR teaches),
-``students`` (one jump to 2 layers with the ``quick`` recipe and its controls, MGFD at equal compute, the teacher's
-temperature, more seeds, 3 layers, the ladder), ``test`` (``--only RUN ...``: the final recipes on test, once).
+``teachers`` (the ``quick`` teacher at ``--teacher-steps``, one run per learning rate; the best final valid MRR
+teaches), ``students`` (pipelines from that teacher, in the order of ``STUDENTS``: one jump to 2 layers with its
+controls over three seeds, the paper's ladder with pre-distillation and its 20/10/5/0 mask schedule, 3 layers, MGFD
+at equal compute, the student's rate re-checked on valid), ``dropout`` (the teacher with fast and with torch dropout,
+three seeds each), ``test`` (every finished run on test, once). Each student distils for ``--budget`` teacher-step
+equivalents (default: the teacher's own steps). ``--deadline SECONDS`` starts no new run after that much wall time.
 """
 from __future__ import annotations
 
@@ -20,172 +24,222 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 SUBGRAPH = {"size": 3000, "seed": 0, "max_expand": 4, "heldout": 500}
-TEACHER_STEPS = 540  # 3x the quick preset's 180: the held-out check's "finished" teacher
+TEACHER_STEPS = 1080  # 6x the quick preset's 180: at 540 the lr-3e-4 teacher's valid MRR still rose 1.81 in its last quarter
 TEACHER_LRS = (3e-4, 1e-4)
 VALID = {"eval": {"split": "valid"}, "data": {"valid_limit": 500}, "train": {"valid_ranking": True}}
+DROPOUT_SEEDS = (42, 7, 1234)
 
-# name -> (preset, overrides): every student run is a pipeline from the chosen teacher
+# name -> (preset, overrides): every student run is a pipeline from the chosen teacher, in priority order
 STUDENTS: dict[str, tuple[str, dict]] = {
-    # the quick recipe (one jump to 2 layers, no masking) with controls at equal compute and equal steps, and the
-    # query-only serving student
+    # the quick recipe (one jump to 2 layers, no masking) with its same-init control at equal compute and the
+    # query-only serving student, over three seeds; the first seed also at equal steps and from the PLM's layers
     "onejump-2L-s42": ("quick", {"distill": {"controls": ["direct", "direct-steps", "plm"], "serving_grade": True}}),
-    # MGFD on (the paper's first rate, 20 %) at the same compute (fewer steps: masked passes cost)
-    "onejump-2L-mask20-s42": ("quick", {"distill": {"grades": [{"layers": 2, "mask_rate": 0.2, "lr": 9e-4}]}}),
-    "onejump-2L-s7": ("quick", {"seed": 7, "distill": {"controls": ["direct"]}}),
+    "onejump-2L-s7": ("quick", {"seed": 7, "distill": {"controls": ["direct"], "serving_grade": True}}),
+    "onejump-2L-s1234": ("quick", {"seed": 1234, "distill": {"controls": ["direct"], "serving_grade": True}}),
+    # the paper's ladder scaled to 6 layers: pre-distillation at 20 % masking, then 5 / 3 / 2 layers at 10 / 5 / 0 %,
+    # the same total budget as the one jump; every stage with its same-init control (the pre-distilled student's
+    # control is the teacher trained on for the same compute)
+    "ladder-s42": ("quick-ladder", {"distill": {"controls": ["direct"]}}),
     "onejump-3L-s42": ("quick", {"distill": {"grades": [{"layers": 3, "mask_rate": 0.0, "lr": 4e-4}],
                                              "controls": ["direct"]}}),
-    "ladder-s42": ("quick-ladder", {"distill": {"controls": ["direct"]}}),
-    "onejump-2L-s1234": ("quick", {"seed": 1234, "distill": {"controls": ["direct"], "serving_grade": True}}),
+    # MGFD on at equal compute: one jump with 20 % masking, and the ladder with its masks off
+    "onejump-2L-mask20-s42": ("quick", {"distill": {"grades": [{"layers": 2, "mask_rate": 0.2, "lr": 9e-4}]}}),
+    "ladder-nomask-s42": ("quick-ladder", {"distill": {"ablation": "no-mgfd"}}),
+    # the 2-layer student's rate (9e-4, chosen on test in BENCHMARKS section 3) re-checked on valid
+    "onejump-2L-lr3e-4-s42": ("quick", {"distill": {"grades": [{"layers": 2, "mask_rate": 0.0, "lr": 3e-4}]}}),
+    "onejump-2L-lr2e-3-s42": ("quick", {"distill": {"grades": [{"layers": 2, "mask_rate": 0.0, "lr": 2e-3}]}}),
 }
 
 
-def merge(*parts: dict) -> dict:
-    from kgdistill.config import merge_values
+class Protocol:
+    """One protocol's settings and its output folder; ``deadline`` (a time.monotonic() value) stops new runs."""
 
-    out: dict = {}
-    for part in parts:
-        out = merge_values(out, part)
-    return out
+    def __init__(self, out: Path, teacher_steps: int, budget: float | None, plm: str | None,
+                 deadline: float | None) -> None:
+        self.out, self.teacher_steps, self.plm, self.deadline = out, teacher_steps, plm, deadline
+        self.budget = budget or teacher_steps
 
+    def time_left(self) -> bool:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            print("deadline reached: no new run", flush=True)
+            return False
+        return True
 
-def data_dir(out: Path) -> Path:
-    return out / "data" / "wn18rr-sub3000"
+    def base(self, *parts: dict) -> dict:
+        from kgdistill.config import merge_values
 
+        out: dict = {"model": {"plm": self.plm}} if self.plm else {}
+        for part in (VALID, *parts):
+            out = merge_values(out, part)
+        return out
 
-def phase_data(out: Path) -> Path:
-    from kgdistill.data.loading import subgraph_dataset
+    @property
+    def data_dir(self) -> Path:
+        return self.out / "data" / "wn18rr-sub3000"
 
-    folder = data_dir(out)
-    if not (folder / "PROVENANCE.json").is_file():
-        kg = subgraph_dataset("wn18rr", folder, SUBGRAPH["size"], SUBGRAPH["seed"], SUBGRAPH["max_expand"],
-                              SUBGRAPH["heldout"])
-        print(kg.summary(), flush=True)
-    return folder
+    def phase_data(self) -> Path:
+        from kgdistill.data.loading import subgraph_dataset
 
+        folder = self.data_dir
+        if not (folder / "PROVENANCE.json").is_file():
+            kg = subgraph_dataset("wn18rr", folder, SUBGRAPH["size"], SUBGRAPH["seed"], SUBGRAPH["max_expand"],
+                                  SUBGRAPH["heldout"])
+            print(kg.summary(), flush=True)
+        return folder
 
-def teacher_dir(out: Path, lr: float) -> Path:
-    return out / f"teacher-lr{lr:g}"
+    def teacher_dir(self, lr: float, seed: int = 42, fast_dropout: bool = True) -> Path:
+        suffix = ("" if seed == 42 else f"-s{seed}") + ("" if fast_dropout else "-torchdropout")
+        return self.out / f"teacher-lr{lr:g}{suffix}"
 
+    def train_teacher(self, lr: float, seed: int = 42, fast_dropout: bool = True) -> None:
+        import kgdistill
+        from kgdistill.config import build_config
 
-def phase_teachers(out: Path, lrs: tuple[float, ...] = TEACHER_LRS) -> None:
-    import kgdistill
-    from kgdistill.config import build_config
-
-    folder = phase_data(out)
-    for lr in lrs:
-        run = teacher_dir(out, lr)
-        if (run / "metrics.json").is_file():
-            continue
-        config = build_config("quick", overrides=merge(VALID, {
-            "data": {"dataset": str(folder.resolve())},
-            "train": {"lr": lr, "max_steps": TEACHER_STEPS, "validate_every": 45, "checkpoint_every": 45}}))
-        print(f"teacher lr {lr:g} -> {run}", flush=True)
+        run = self.teacher_dir(lr, seed, fast_dropout)
+        if (run / "metrics.json").is_file() or not self.time_left():
+            return
+        every = max(1, self.teacher_steps // 24)
+        config = build_config("quick", overrides=self.base({
+            "seed": seed, "data": {"dataset": str(self.phase_data().resolve())},
+            "train": {"lr": lr, "max_steps": self.teacher_steps, "validate_every": every, "checkpoint_every": every,
+                      "fast_dropout": fast_dropout}}))
+        print(f"teacher lr {lr:g} seed {seed} fast_dropout {fast_dropout} -> {run}", flush=True)
         kgdistill.train(config, run, resume=(run / "checkpoint-last").exists())
 
+    def phase_teachers(self, lrs: tuple[float, ...] = TEACHER_LRS) -> None:
+        for lr in lrs:
+            self.train_teacher(lr)
 
-def final_valid(run: Path) -> float:
-    return json.loads((run / "metrics.json").read_text())["no_rerank"]["both"]["mrr"]
+    def phase_dropout(self) -> None:
+        """Fast dropout against torch dropout on the chosen teacher's recipe, three seeds each (only the dropout
+        stream differs)."""
+        lr = json.loads((self.out / "decision.json").read_text())["lr"]
+        for seed in DROPOUT_SEEDS:
+            for fast in (True, False):
+                self.train_teacher(lr, seed, fast)
+
+    def chosen_teacher(self) -> Path:
+        """The teacher the students learn from: the best final valid MRR among the finished teachers when the first
+        student run starts, then frozen in ``decision.json``."""
+        decision = self.out / "decision.json"
+        if decision.is_file():
+            return Path(json.loads(decision.read_text())["teacher"])
+        done = {lr: self.teacher_dir(lr) for lr in TEACHER_LRS if (self.teacher_dir(lr) / "metrics.json").is_file()}
+        if not done:
+            sys.exit("no finished teacher: run the teachers phase first")
+        lr = max(done, key=lambda k: final_mrr(done[k]))
+        decision.write_text(json.dumps({"teacher": str(done[lr]), "lr": lr,
+                                        "candidates": {str(p): final_mrr(p) for p in done.values()}}, indent=1) + "\n")
+        return done[lr]
+
+    def phase_students(self, only: list[str] | None) -> None:
+        import kgdistill
+        from kgdistill.config import build_config
+
+        teacher = self.chosen_teacher()
+        print(f"teacher: {teacher} (valid MRR {final_mrr(teacher) * 100:.2f})", flush=True)
+        for name, (preset, overrides) in STUDENTS.items():
+            run = self.out / name
+            if (only and name not in only) or (run / "report.json").is_file() or not self.time_left():
+                continue
+            config = build_config(preset, overrides=self.base(
+                {"train": {"validate_every": max(1, self.teacher_steps // 8)}, "distill": {"budget": self.budget}},
+                overrides))
+            print(f"students {name} -> {run}", flush=True)
+            config.distill.teacher = str(teacher)
+            kgdistill.pipeline(config, run)
+
+    def runs(self) -> list[Path]:
+        """Every finished run: teachers first, then each student run's stages."""
+        teachers = sorted(p.parent for p in self.out.glob("teacher-*/metrics.json"))
+        stages = sorted(p.parent for p in self.out.glob("*/*/metrics.json") if p.parent.parent.name in STUDENTS)
+        return teachers + stages
+
+    def phase_test(self) -> None:
+        """Every finished run on test, once, into ``RUN/test/metrics.json`` (valid metrics stay where they are)."""
+        import kgdistill
+        from kgdistill.config import build_config
+
+        for run in self.runs():
+            if not (run / "test" / "metrics.json").is_file():
+                kgdistill.evaluate(run, build_config(None, eval={"split": "test"}), output=run / "test",
+                                   progress=False)
+
+    def summary(self) -> dict:
+        """Every finished run's valid (and, once evaluated, test) MRR, and its % of the chosen teacher; also written
+        to ``summary.json``."""
+        from kgdistill.pmd.report import teacher_status
+
+        teacher = self.chosen_teacher()
+        reference, test_reference = final_mrr(teacher), final_mrr(teacher, "test")
+        rows = []
+        for run in self.runs():
+            both = json.loads((run / "metrics.json").read_text())["no_rerank"]["both"]
+            train = json.loads((run / "train_summary.json").read_text())
+            name = run.name if run.parent == self.out else f"{run.parent.name}/{run.name}"
+            test = final_mrr(run, "test")
+            rows.append({"run": name, "valid_mrr": both["mrr"], "valid_hits@1": both["hits@1"],
+                         "valid_hits@10": both["hits@10"], "steps": train["steps"], "seconds": train["seconds"],
+                         "valid_pct_of_teacher": both["mrr"] / reference * 100, "test_mrr": test,
+                         "test_pct_of_teacher": test / test_reference * 100 if test and test_reference else None})
+        result = {"teacher": teacher_status(teacher), "teacher_test_mrr": test_reference, "rows": rows}
+        (self.out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
+        return result
 
 
-def chosen_teacher(out: Path) -> Path:
-    """The teacher the students learn from: the best final valid MRR among the finished teachers when the first
-    student run starts, then frozen in ``decision.json`` (a teacher finishing later is compared in the summary)."""
-    decision = out / "decision.json"
-    if decision.is_file():
-        return Path(json.loads(decision.read_text())["teacher"])
-    done = [teacher_dir(out, lr) for lr in TEACHER_LRS if (teacher_dir(out, lr) / "metrics.json").is_file()]
-    if not done:
-        sys.exit("no finished teacher: run the teachers phase first")
-    best = max(done, key=final_valid)
-    decision.write_text(json.dumps({"teacher": str(best), "candidates": {str(p): final_valid(p) for p in done}},
-                                   indent=1) + "\n")
-    return best
+def final_mrr(run: Path, split: str = "valid") -> float | None:
+    path = run / ("metrics.json" if split == "valid" else "test/metrics.json")
+    return json.loads(path.read_text())["no_rerank"]["both"]["mrr"] if path.is_file() else None
 
 
-def phase_students(out: Path, only: list[str] | None) -> None:
-    import kgdistill
-    from kgdistill.config import build_config
-
-    teacher = chosen_teacher(out)
-    print(f"teacher: {teacher} (valid MRR {final_valid(teacher) * 100:.2f})", flush=True)
-    for name, (preset, overrides) in STUDENTS.items():
-        if only and name not in only:
-            continue
-        run = out / name
-        if (run / "report.json").is_file():
-            continue
-        config = build_config(preset, overrides=merge(VALID, {"train": {"validate_every": 90}}, overrides))
-        print(f"students {name} -> {run}", flush=True)
-        config.distill.teacher = str(teacher)
-        kgdistill.pipeline(config, run)
-
-
-def phase_test(out: Path, names: list[str]) -> None:
-    """The final recipes on test, once: the chosen teacher and every stage of the named student runs, each into
-    ``RUN/test/metrics.json`` (their valid metrics stay where they are)."""
-    import kgdistill
-    from kgdistill.config import build_config
-
-    teacher = chosen_teacher(out)
-    runs = [teacher] + [stage for name in names for stage in sorted((out / name).iterdir())
-                        if (stage / "checkpoint-last").is_dir()]
-    for run in runs:
-        if not (run / "test" / "metrics.json").is_file():
-            kgdistill.evaluate(run, build_config(None, eval={"split": "test"}), output=run / "test", progress=False)
-
-
-def summary(out: Path) -> None:
-    """Every finished run's valid MRR, and each student's % of the chosen teacher."""
-    teacher = chosen_teacher(out)
-    reference = final_valid(teacher)
-    test_reference = (json.loads((teacher / "test" / "metrics.json").read_text())["no_rerank"]["both"]["mrr"]
-                      if (teacher / "test" / "metrics.json").is_file() else None)
-    print(f"| run | valid MRR | H@1 | H@10 | steps | % of teacher ({teacher.name}) | test MRR | test % |\n"
-          "|---|---|---|---|---|---|---|---|")
-    runs = [teacher_dir(out, lr) for lr in TEACHER_LRS]
-    runs += sorted(p.parent for p in out.glob("*/*/metrics.json") if p.parent.parent.name in STUDENTS)
-    for run in runs:
-        if not (run / "metrics.json").is_file():
-            continue
-        both = json.loads((run / "metrics.json").read_text())["no_rerank"]["both"]
-        steps = json.loads((run / "train_summary.json").read_text())["steps"]
-        name = run.name if run.parent == out else f"{run.parent.name}/{run.name}"
-        test = ""
-        if (run / "test" / "metrics.json").is_file() and test_reference:
-            mrr = json.loads((run / "test" / "metrics.json").read_text())["no_rerank"]["both"]["mrr"]
-            test = f"{mrr * 100:.2f} | {mrr / test_reference * 100:.1f} %"
-        print(f"| {name} | {both['mrr'] * 100:.2f} | {both['hits@1'] * 100:.2f} | {both['hits@10'] * 100:.2f} | "
-              f"{steps} | {both['mrr'] / reference * 100:.1f} % | {test or '- | -'} |")
+def print_summary(result: dict) -> None:
+    status = result["teacher"]
+    print(f"teacher {status['run_dir']}: {status['status']} (valid MRR range over its last quarter "
+          f"{status.get('valid_mrr_range_last_quarter', float('nan')) * 100:.2f})\n")
+    print("| run | valid MRR | H@1 | H@10 | steps | s | % of teacher | test MRR | test % |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        test = (f"{r['test_mrr'] * 100:.2f} | {r['test_pct_of_teacher']:.1f} %" if r["test_pct_of_teacher"]
+                else "- | -")
+        print(f"| {r['run']} | {r['valid_mrr'] * 100:.2f} | {r['valid_hits@1'] * 100:.2f} | "
+              f"{r['valid_hits@10'] * 100:.2f} | {r['steps']} | {r['seconds']:.0f} | "
+              f"{r['valid_pct_of_teacher']:.1f} % | {test} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/compression")
-    parser.add_argument("--phase", choices=["data", "teachers", "students", "test", "all"], default="all")
+    parser.add_argument("--out", default="runs/compression-v2")
+    parser.add_argument("--phase", choices=["data", "teachers", "students", "dropout", "test", "all"], default="all")
     parser.add_argument("--only", nargs="*", help="student runs to do (default: all, in order)")
+    parser.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS)
+    parser.add_argument("--teacher-lrs", type=float, nargs="*", default=list(TEACHER_LRS))
+    parser.add_argument("--budget", type=float, help="each student's distillation budget in teacher-step "
+                                                     "equivalents (default: --teacher-steps)")
+    parser.add_argument("--plm", help="model.plm for every run (default: the packaged MiniLM)")
+    parser.add_argument("--deadline", type=float, help="start no new run after this many seconds")
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
-    out = Path(args.out)
+    deadline = time.monotonic() + args.deadline if args.deadline else None
+    protocol = Protocol(Path(args.out), args.teacher_steps, args.budget, args.plm, deadline)
     if args.summary:
-        summary(out)
+        print_summary(protocol.summary())
         return
     if args.phase in ("data", "all"):
-        phase_data(out)
-    if args.phase == "teachers":
-        phase_teachers(out)
-    if args.phase == "students":
-        phase_students(out, args.only)
-    if args.phase == "test":  # once, for the final recipes named by --only
-        phase_test(out, args.only or [])
-    if args.phase == "all":  # the first teacher, its main student run, then the other teacher and the rest
-        phase_teachers(out, TEACHER_LRS[:1])
-        phase_students(out, [next(iter(STUDENTS))])
-        phase_teachers(out)
-        phase_students(out, args.only)
+        protocol.phase_data()
+    if args.phase in ("teachers", "all"):
+        protocol.phase_teachers(tuple(args.teacher_lrs))
+    if args.phase in ("students", "all"):
+        protocol.phase_students(args.only)
+    if args.phase in ("dropout", "all"):
+        protocol.phase_dropout()
+    if args.phase in ("test", "all"):  # once, after every choice was made on valid
+        protocol.phase_test()
+        print_summary(protocol.summary())
 
 
 if __name__ == "__main__":

@@ -132,10 +132,13 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 
 
 def precision_info(precision: str, device: torch.device | str) -> dict:
-    """What run.json and bench record: requested, chosen, why, and the CPU facts behind it."""
+    """What run.json and bench record: requested, chosen, why, and the CPU (and GPU) facts behind it."""
     device = torch.device(device)
     chosen, why = _resolve(precision, device.type)
-    return {"requested": precision, "chosen": chosen, "reason": why, "device": str(device), "cpu": cpu_info()}
+    info = {"requested": precision, "chosen": chosen, "reason": why, "device": str(device), "cpu": cpu_info()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def autocast(device: torch.device, precision: str):
