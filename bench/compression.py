@@ -59,9 +59,10 @@ class Protocol:
     """One protocol's settings and its output folder; ``deadline`` (a time.monotonic() value) stops new runs."""
 
     def __init__(self, out: Path, teacher_steps: int, budget: float | None, plm: str | None,
-                 deadline: float | None) -> None:
+                 deadline: float | None, student_overrides: dict | None = None) -> None:
         self.out, self.teacher_steps, self.plm, self.deadline = out, teacher_steps, plm, deadline
         self.budget = budget or teacher_steps
+        self.student_overrides = student_overrides or {}
 
     def time_left(self) -> bool:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -148,7 +149,7 @@ class Protocol:
                 continue
             config = build_config(preset, overrides=self.base(
                 {"train": {"validate_every": max(1, self.teacher_steps // 8)}, "distill": {"budget": self.budget}},
-                overrides))
+                overrides, self.student_overrides))
             print(f"students {name} -> {run}", flush=True)
             config.distill.teacher = str(teacher)
             kgdistill.pipeline(config, run)
@@ -221,11 +222,15 @@ def main() -> None:
                                                      "equivalents (default: --teacher-steps)")
     parser.add_argument("--plm", help="model.plm for every run (default: the packaged MiniLM)")
     parser.add_argument("--deadline", type=float, help="start no new run after this many seconds")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for every student run, e.g. distill.controls=[direct]")
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
     deadline = time.monotonic() + args.deadline if args.deadline else None
-    protocol = Protocol(Path(args.out), args.teacher_steps, args.budget, args.plm, deadline)
+    from kgdistill.config import parse_overrides
+
+    protocol = Protocol(Path(args.out), args.teacher_steps, args.budget, args.plm, deadline, parse_overrides(args.set))
     if args.summary:
         print_summary(protocol.summary())
         return
