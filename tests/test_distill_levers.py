@@ -165,11 +165,33 @@ def test_clean_student_input_scores_clean_text_on_both_sides(tiny_config, tmp_pa
     assert logs["l_score"] < 1e-10 and logs["l_mgfd"] < 1e-10
 
 
-def test_no_mgfd_ablation_keeps_the_ce_weight(tiny_config):
-    from kgdistill.pmd.plan import stage_config
+@pytest.mark.parametrize("ablation, rate, terms", [
+    ("none", 0.2, [("ce", 0.8), ("score", 0.1), ("mgfd", 0.1)]),
+    ("no-mgfd", 0.0, [("ce", 0.8), ("score", 0.1)]),  # the CE weight stays 0.8: everything else equal
+    ("fixed-mask", 0.3, [("ce", 0.8), ("score", 0.1), ("mgfd", 0.1)]),
+    ("logit-only", 0.0, [("ce", 0.8), ("logit-score", 0.1)]),
+    ("direct", 0.0, [("ce", 1.0)]),
+])
+def test_ablations_are_presets_of_the_term_list(tiny_config, ablation, rate, terms):
+    from kgdistill.training.distillation import needs_teacher, stage_terms
 
-    config, rate = stage_config(tiny_config(distill__alpha=0.1, distill__beta=0.1, distill__ablation="no-mgfd"), 0.2)
-    assert rate == 0.0 and config.distill.alpha == 0.1 and config.distill.beta == 0.1  # CE weight stays 0.8
+    config = tiny_config(distill__alpha=0.1, distill__beta=0.1, distill__ablation=ablation,
+                         distill__fixed_mask_rate=0.3)
+    got_rate, got_terms = stage_terms(config.distill, 0.2)
+    assert got_rate == rate and [(n, pytest.approx(w)) for n, w in got_terms] == terms
+    assert needs_teacher(got_terms) == (ablation != "direct")
+
+
+def test_logit_only_scores_kl_on_logits_whatever_the_config_says(tiny_config, tmp_path):
+    from kgdistill.api import load_model, train
+
+    config = tiny_config(distill__ablation="logit-only", distill__score_loss="mse", distill__score_on="cosine")
+    train(config, tmp_path / "t", evaluate_after=False, progress=False)
+    teacher, _, _ = load_model(tmp_path / "t")
+    objective, _ = _objective(config, teacher, copy.deepcopy(teacher), mask_rate=0.0)
+    names = [term.name for term in objective.terms]
+    score = objective.terms[names.index("logit-score")]
+    assert (score.on, score.loss.kind) == ("logits", "kl")
 
 
 def test_budget_gives_cheap_grades_more_steps():
@@ -292,3 +314,10 @@ def test_a_data_key_the_user_set_is_kept_even_at_its_default_value(tiny_config, 
     left_unset = build_config(None, overrides={"train": {"lr": 1e-3}})
     inherit_teacher_data(left_unset, tmp_path / "t", {})
     assert left_unset.data.max_tokens == 20
+
+
+def test_every_accepted_ablation_has_a_preset():
+    from kgdistill.config import _CHOICES
+    from kgdistill.training.distillation import ABLATIONS
+
+    assert set(ABLATIONS) == _CHOICES["distill.ablation"]

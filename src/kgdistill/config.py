@@ -149,7 +149,7 @@ class DistillConfig:
     pre_mask_rate: float = 0.2  # pre-distillation (same depth)
     grades: list[GradeConfig] = field(default_factory=list)  # empty: scaled from the PLM depth (paper ratios)
     stage_steps: int | None = None  # steps of a distill job (it becomes its train.max_steps); None: train.max_steps
-    ablation: str = "none"  # none | direct | no-mgfd | fixed-mask | logit-only
+    ablation: str = "none"  # none | direct | no-mgfd | fixed-mask | logit-only: term-list presets (ABLATIONS)
     fixed_mask_rate: float = 0.2  # for the fixed-mask ablation
     # Beyond the paper: match the student's pooled query/entity vectors to the teacher's (as sentence-transformers
     # distils embedding models); added as + gamma * L_EMB, so gamma = 0 is the paper's objective.

@@ -13,11 +13,10 @@ from ..data.batching import tokenizer_key
 from ..errors import KGDistillError
 from ..losses.contrastive import InfoNCELoss
 from ..models.builder import build_model
-from ..pmd.plan import stage_config
 from ..store.context import DataContext
 from ..store.saved import load_model, load_run_config
 from ..training.callbacks import Callback
-from ..training.distillation import DistillationObjective
+from ..training.distillation import DistillationObjective, needs_teacher, stage_terms
 from ..training.objectives import ContrastiveObjective
 from ..training.trackers import make_trackers
 from ..training.trainer import Trainer, write_run_info
@@ -37,10 +36,15 @@ def inherit_teacher_data(config: RunConfig, teacher_dir: Path, teacher_info: dic
             setattr(config.data, item.name, getattr(source, item.name))
 
 
+def is_distilled(config: RunConfig) -> bool:
+    """Whether the stage's terms (``distill.ablation``'s preset) learn from the teacher; else it is a control."""
+    return needs_teacher(stage_terms(config.distill, config.distill.mask_rate or 0.0)[1])
+
+
 def check_gradient_cache(config: RunConfig) -> None:
     """The distillation objective has no gradient-cache step: ``train.gradient_cache_chunk`` is refused before anything
     runs (a control, trained by SimKGC's loss alone, takes it)."""
-    if config.train.gradient_cache_chunk is not None and config.distill.ablation != "direct":
+    if config.train.gradient_cache_chunk is not None and is_distilled(config):
         raise KGDistillError("config key 'train.gradient_cache_chunk': distillation has no gradient-cache step; leave "
                              "the key unset for distillation (only the teacher and direct controls support it)")
 
@@ -67,11 +71,11 @@ def distill(config: RunConfig, output_dir: str | Path, resume: bool = False, pro
     if tokenizer_key(tokenizer) != tokenizer_key(teacher_tokenizer):
         raise KGDistillError(f"model.plm '{config.model.plm}' has a different vocabulary from the teacher's "
                              f"({teacher_dir}); teacher and student must share a tokenizer")
-    direct = config.distill.ablation == "direct"
+    mask_rate, terms = stage_terms(config.distill, config.distill.mask_rate)
+    direct = not needs_teacher(terms)
     if config.distill.copy_temperature and student.info["initialised_from"] == "teacher":
         with torch.no_grad():  # the student starts where the teacher's temperature ended, like its layers
             student.log_inv_t.copy_(teacher_model.log_inv_t)
-    mask_rate = config.distill.mask_rate
     student.info.update({"teacher": str(teacher_dir), "mask_rate": None if direct else mask_rate,
                          "ablation": config.distill.ablation})
     teaching = ("no teacher (direct, L_CE only)" if direct
@@ -87,7 +91,7 @@ def distill(config: RunConfig, output_dir: str | Path, resume: bool = False, pro
         objective = ContrastiveObjective(student, loss, config.train.gradient_cache_chunk)
     else:
         objective = DistillationObjective(student, teacher_model, loss, config.distill, mask_rate,
-                                          tokenizer.mask_token_id)
+                                          tokenizer.mask_token_id, terms)
     trainer = Trainer(run_dir, config, objective, data.train_set(), data.valid_set(), tokenizer, progress=progress,
                       callbacks=callbacks, ranker=data.valid_ranker())
     if resume:
@@ -111,9 +115,8 @@ def resolve_stage(config: RunConfig, teacher_model, teacher_dir: Path) -> RunCon
     if config.model.layer_map is not None and len(config.model.layer_map) != layers:
         config.model.layer_map = None
     mask_rate = config.distill.pre_mask_rate if config.distill.mask_rate is None else config.distill.mask_rate
-    config, mask_rate = stage_config(config, mask_rate)
-    config.distill.mask_rate = mask_rate
-    if config.distill.ablation == "direct":
+    config.distill.mask_rate = stage_terms(config.distill, mask_rate)[0]
+    if not is_distilled(config):
         config.distill.student_side = "both"  # a control is a plain SimKGC model at the student depth
     if config.distill.stage_steps is not None:
         config.train.max_steps = config.distill.stage_steps

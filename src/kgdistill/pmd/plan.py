@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import GradeConfig, RunConfig
+from ..training.distillation import stage_terms
 
 PAPER_RATIOS = (0.75, 0.5, 0.25)  # 12 -> 9 -> 6 -> 3
 PAPER_MASK_RATES = (0.1, 0.05, 0.0)  # the grades' rates; pre-distillation uses distill.pre_mask_rate (0.2)
@@ -23,23 +24,6 @@ def default_grades(depth: int) -> list[GradeConfig]:
             grades.append(GradeConfig(layers=layers, mask_rate=rate))
             previous = layers
     return grades
-
-
-def stage_config(config: RunConfig, mask_rate: float) -> tuple[RunConfig, float]:
-    """Apply the ablation switch to one stage's config and mask rate.
-
-    ``no-mgfd`` and ``logit-only`` only drop the masking (so L_MGFD is zero): the weights of L_CE and L_SCORE stay
-    (1-a-b) and a, as the paper's "w/o MGFD" keeps everything else equal."""
-    config = copy.deepcopy(config)
-    ablation = config.distill.ablation
-    if ablation == "no-mgfd":
-        mask_rate = 0.0
-    elif ablation == "fixed-mask":
-        mask_rate = config.distill.fixed_mask_rate
-    elif ablation == "logit-only":
-        mask_rate = 0.0
-        config.distill.score_loss, config.distill.score_on = "kl", "logits"
-    return config, mask_rate
 
 
 def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_only: bool = False,
@@ -90,8 +74,8 @@ def plan(config: RunConfig, depth: int) -> list[Stage]:
     share = d.budget / max(len(pmd), 1) if d.budget else None
     previous = stages[0]
     for layers, rate, steps, lr, name in pmd:
-        # the rate the stage really masks at (an ablation may drop or fix it) decides whether MGFD's passes run
-        masked_passes = d.student_input == "clean" and d.beta > 0 and stage_config(config, rate)[1] > 0
+        # the stage's real terms (an ablation may drop MGFD or fix its rate) decide whether MGFD's passes run
+        masked_passes = d.student_input == "clean" and "mgfd" in dict(stage_terms(d, rate)[1])
         cost = step_cost(layers, previous.layers, depth, query_only, entity_layers=depth, masked_passes=masked_passes)
         if steps is None and share is not None:
             steps = max(1, round(share / cost))

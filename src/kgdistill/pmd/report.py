@@ -10,7 +10,7 @@ from ..runfolder import RunFolder
 from ..store.saved import load_run_config, read_run_files, resolve_model_dir
 from ..results import Result, figure_png
 from ..training.callbacks import LOG_NAME
-from ..training.distillation import distill_terms
+from ..training.distillation import stage_terms
 
 
 def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
@@ -44,7 +44,7 @@ def objective_of(run_dir: Path, kind: str) -> str:
     if config is None:
         return "?"
     d = config.distill
-    return " + ".join(f"{weight:g} {name}" for name, weight in distill_terms(d, d.mask_rate or 0.0))
+    return " + ".join(f"{weight:g} {name}" for name, weight in stage_terms(d, d.mask_rate or 0.0)[1])
 
 
 # What makes two evaluations comparable: the same split and triples, candidates, filter, tie policy and re-ranking.

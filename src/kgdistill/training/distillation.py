@@ -9,6 +9,7 @@ and a mask rate. A new term is one class here and one line in :func:`distill_ter
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -88,11 +89,11 @@ class CrossEntropyTerm(DistillTerm):
 class ScoreTerm(DistillTerm):
     """L_SCORE: the student's score matrix against the teacher's, on cosines (paper Eq. 5) or logits (code)."""
 
-    def __init__(self, objective: DistillationObjective):
+    def __init__(self, objective: DistillationObjective, on: str | None = None, loss: str | None = None):
         super().__init__()
         c = objective.config
-        self.on, self.teacher_margin = c.score_on, c.teacher_margin
-        self.loss = ScoreDistillLoss(c.score_loss, c.score_on, c.kl_temperature)
+        self.on, self.teacher_margin = on or c.score_on, c.teacher_margin
+        self.loss = ScoreDistillLoss(loss or c.score_loss, self.on, c.kl_temperature)
 
     def forward(self, f: DistillFeatures, objective: DistillationObjective) -> torch.Tensor:
         if self.on == "logits":
@@ -100,6 +101,15 @@ class ScoreTerm(DistillTerm):
                                                       margin=self.teacher_margin, pre_keep=f.pre_keep)
             return self.loss(f.student_logits, teacher_logits, f.keep)
         return self.loss(_flat(f.student_scores), _flat(f.teacher_scores), f.keep)
+
+
+@register("logit-score")
+class LogitScoreTerm(ScoreTerm):
+    """L_SCORE as the released code's logit-only ablation: KL between the temperature-scaled, masked logits,
+    whatever ``distill.score_loss`` and ``distill.score_on`` say."""
+
+    def __init__(self, objective: DistillationObjective):
+        super().__init__(objective, on="logits", loss="kl")
 
 
 @register("mgfd")
@@ -164,6 +174,30 @@ def distill_terms(config: DistillConfig, mask_rate: float) -> list[tuple[str, fl
     return terms
 
 
+Terms = list[tuple[str, float]]
+# Ablations and controls are presets of the term list: name -> (config, the stage's planned mask rate) -> (the rate
+# it really masks at, its weighted terms). "no-mgfd" and "logit-only" keep the CE and SCORE weights (1-a-b) and a,
+# as the paper's "w/o MGFD" keeps everything else equal; "direct" is a control: SimKGC's loss alone, no teacher.
+ABLATIONS: dict[str, Callable[[DistillConfig, float], tuple[float, Terms]]] = {
+    "none": lambda d, rate: (rate, distill_terms(d, rate)),
+    "no-mgfd": lambda d, rate: (0.0, distill_terms(d, 0.0)),
+    "fixed-mask": lambda d, rate: (d.fixed_mask_rate, distill_terms(d, d.fixed_mask_rate)),
+    "logit-only": lambda d, rate: (0.0, [("logit-score" if name == "score" else name, weight)
+                                         for name, weight in distill_terms(d, 0.0)]),
+    "direct": lambda d, rate: (0.0, [("ce", 1.0)]),
+}
+
+
+def stage_terms(config: DistillConfig, mask_rate: float) -> tuple[float, Terms]:
+    """A stage's mask rate and weighted terms under ``distill.ablation`` (:data:`ABLATIONS`)."""
+    return ABLATIONS[config.ablation](config, mask_rate)
+
+
+def needs_teacher(terms: Terms) -> bool:
+    """Whether any term learns from the teacher: a list of CE alone trains as SimKGC does (a control)."""
+    return any(name != "ce" for name, _ in terms)
+
+
 class DistillationObjective(nn.Module):
     """Student and frozen teacher see the same (masked) batch; both score matrices are built by the same
     :class:`InfoNCELoss` (same negatives, same false-negative masks), so they align column for column; the loss is
@@ -183,7 +217,7 @@ class DistillationObjective(nn.Module):
         if loss.queue is not None:  # the same random start as the student's, so pre-batch columns compare alike
             self.teacher_queue = PreBatchQueue(len(loss.queue.vectors), teacher.hidden_size)
             self.teacher_queue.vectors = loss.queue.vectors.clone()
-        weighted = terms if terms is not None else distill_terms(config, mask_rate)
+        weighted = terms if terms is not None else stage_terms(config, mask_rate)[1]
         self.weights = [weight for _, weight in weighted]
         self.terms = nn.ModuleList(TERMS[name](self) for name, _ in weighted)
 
