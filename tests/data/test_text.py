@@ -1,11 +1,10 @@
-"""Text building, inverse relations, neighbour leakage, and SimKGC's false-negative masks."""
+"""Entity and relation text (``kgdistill.data.text``): name and description joined, inverse relations, and neighbour
+text that never leaks the gold answer or comes from outside the training graph."""
 import numpy as np
 
-from kgdistill.data.batching import KnownTails, TrainBatch
-from kgdistill.data.dataset import KnowledgeGraph
+from conftest import make_toy_kg
 from kgdistill.data.loading import load_dataset
 from kgdistill.data.text import TextBuilder, join_name_description, with_inverses
-from kgdistill.losses.contrastive import build_masks
 
 
 def test_join_name_description():
@@ -24,15 +23,8 @@ def test_inverse_relations_offset_and_text(tiny_kg):
     assert texts.relation_text(kg.num_relations) == "inverse " + kg.relation_texts[0]
 
 
-def _toy_kg():
-    ids = ["a", "b", "c", "d"]
-    train = np.array([[0, 0, 1], [0, 0, 2], [3, 0, 0]])
-    return KnowledgeGraph("toy", ids, ["A", "B", "C", "D"], ["", "long " * 30, "", ""], ["r"], ["rel"],
-                          {"train": train, "valid": np.zeros((0, 3), int), "test": np.zeros((0, 3), int)}, "f", "toy")
-
-
 def test_neighbour_text_excludes_gold_in_training_only():
-    texts = TextBuilder(_toy_kg(), min_words=20)
+    texts = TextBuilder(make_toy_kg(), min_words=20)
     assert texts.entity_text(0) == "A: B C D"  # evaluation: all training neighbours, sorted by id
     assert texts.entity_text(0, exclude=1) == "A: C D"  # training (a, r, b): b must not leak into a's text
     assert texts.variant(0, 1) == (0, 1) and texts.variant(0, -1) == (0, -1)
@@ -40,29 +32,6 @@ def test_neighbour_text_excludes_gold_in_training_only():
 
 
 def test_neighbours_come_from_training_graph_only():
-    kg = _toy_kg()
+    kg = make_toy_kg()
     kg.splits["test"] = np.array([[2, 0, 3]])
     assert "D" not in TextBuilder(kg).entity_text(2)
-
-
-def test_false_negative_masks_hand_built():
-    kg = _toy_kg()
-    known = KnownTails(with_inverses(kg.splits["train"], 1), 4, 1)
-    # batch: (a,r,b), (a,r,c), (d,r,a), (b, inverse r, a)
-    batch = TrainBatch(None, None, None, heads=np.array([0, 0, 3, 1]), relations=np.array([0, 0, 0, 1]),
-                       tails=np.array([1, 2, 0, 0]))
-    masks = build_masks(batch, known)
-    keep = masks.in_batch.numpy()
-    assert keep.diagonal().all()
-    assert not keep[0, 1] and not keep[1, 0]  # c is a known answer of (a, r) and b too
-    assert not keep[2, 3] and not keep[3, 2]  # same tail entity a in rows 2 and 3
-    assert keep[0, 2]  # a is not an answer of (a, r)
-    # self-negative: is the head a known answer of its own query? never here
-    assert masks.self_negative.all()
-
-
-def test_tiny_tokenizer_knows_its_words(tiny_plm):
-    """Guards the fixture itself: a tokenizer mapping every word to [UNK] would make many tests vacuous."""
-    from kgdistill.models.plm import load_tokenizer
-
-    assert load_tokenizer(tiny_plm).tokenize("dog cat e3") == ["dog", "cat", "e3"]

@@ -1,48 +1,18 @@
-"""Using a trained model: Predictor ranks equal the evaluator's, unseen entities, entity index, export, CLI."""
+"""The Predictor (``kgdistill.inference.predictor``): ranks, scores and entity vectors equal the evaluator's,
+entities resolve by id or name (an ambiguous name lists its candidates), unseen entities are encoded from their
+text, added ones become candidates, and filtered known answers are reported."""
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import train_tiny
-from kgdistill.api import DataContext, load_model, load_run_config
-from kgdistill.cli import main
 from kgdistill.data.batching import pad_store_rows, tokenize
 from kgdistill.data.text import join_name_description
-from kgdistill.errors import KGDistillError
-from kgdistill.jobs.export import export_model
-from kgdistill.inference.index import EntityIndex, model_fingerprint
+from kgdistill.inference.index import EntityIndex
 from kgdistill.inference.predictor import (AmbiguousEntityError, Predictor, PredictionError, UnknownEntityError,
                                            UnknownRelationError)
-
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_plm, tiny_kg) -> Path:
-    root = tmp_path_factory.mktemp("inference")
-    return train_tiny(root / "run", tiny_kg, tiny_plm, data__cache_dir=str(root / "cache"), train__checkpoint_every=3)
-
-
-@pytest.fixture(scope="module")
-def predictor(run_dir) -> Predictor:
-    return Predictor.from_pretrained(run_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def evaluated(run_dir):
-    """The evaluator's own per-query dump (filtered ranks, top 10) and entity vectors for the test split."""
-    model, tokenizer, folder = load_model(run_dir)
-    config = load_run_config(folder)
-    config.eval.dump_predictions = True
-    data = DataContext(config, tokenizer)
-    evaluator = data.evaluator(torch.device("cpu"))
-    result = evaluator.evaluate(model, "test", progress=False)
-    return result, evaluator.encode_entities(model, progress=False), data
 
 
 # ---------------------------------------------------------------------------------------------------- equivalence
@@ -183,153 +153,3 @@ def test_filter_known_reports_what_it_removed(predictor):
         assert f.splits and set(f.splits) <= {"train", "valid", "test"}
         if f.id == train_tail:
             assert "train" in f.splits
-
-
-# ---------------------------------------------------------------------------------------------------- index
-def test_index_is_saved_memory_mapped_and_reloaded(run_dir, predictor):
-    npy, meta_path = run_dir / "index" / "checkpoint-last.npy", run_dir / "index" / "checkpoint-last.json"
-    meta = json.loads(meta_path.read_text())
-    assert meta["ids"] == predictor.kg.entity_ids and meta["dtype"] == "fp32"
-    manifest = json.loads((run_dir / "checkpoint-last" / "manifest.json").read_text())
-    assert meta["model_fingerprint"] == manifest["files"]["model.safetensors"]["sha256"]
-    assert meta["model_fingerprint"] == model_fingerprint(run_dir / "checkpoint-last")
-    assert isinstance(predictor.index.vectors, np.memmap)
-    mtime = npy.stat().st_mtime_ns
-    again = Predictor.from_pretrained(run_dir, device="cpu")
-    assert npy.stat().st_mtime_ns == mtime  # reused, not rebuilt
-    assert np.array_equal(np.asarray(again.index.vectors), np.asarray(predictor.index.vectors))
-    a = predictor.predict_tails("E0", "hypernym", k=5).to_dict()
-    assert again.predict_tails("E0", "hypernym", k=5).to_dict() == a
-
-
-def test_stale_index_is_rebuilt(run_dir, predictor, tmp_path):
-    folder = tmp_path / "idx"
-    Predictor.from_pretrained(run_dir, device="cpu", index_dir=folder)
-    meta_path = folder / "checkpoint-last.json"
-    meta = json.loads(meta_path.read_text())
-    meta["model_fingerprint"] = "0" * 64
-    meta_path.write_text(json.dumps(meta))
-    assert EntityIndex.open(folder, "checkpoint-last", {"model_fingerprint": predictor.fingerprint}) is None
-    rebuilt = Predictor.from_pretrained(run_dir, device="cpu", index_dir=folder)
-    assert json.loads(meta_path.read_text())["model_fingerprint"] == predictor.fingerprint
-    assert np.array_equal(np.asarray(rebuilt.index.vectors), np.asarray(predictor.index.vectors))
-    (folder / "checkpoint-last.npy").write_bytes(b"truncated")  # a damaged file is rebuilt, never trusted
-    repaired = Predictor.from_pretrained(run_dir, device="cpu", index_dir=folder)
-    assert repaired.index.num_base == predictor.kg.num_entities
-    half = Predictor.from_pretrained(run_dir, device="cpu", index_dir=folder, index_dtype="fp16")
-    assert half.index.vectors.dtype == np.float16
-    assert half.score("E0", "hypernym", "E1") == pytest.approx(predictor.score("E0", "hypernym", "E1"), abs=2e-3)
-
-
-def test_chunked_exact_search_equals_full_topk(predictor):
-    index = EntityIndex(np.array(predictor.index.vectors), predictor.index.ids, chunk_size=5)
-    queries = torch.nn.functional.normalize(torch.randn(4, index.dim), dim=-1)
-    scores, rows = index.search_exact(queries, 7)
-    full = queries @ torch.from_numpy(np.array(predictor.index.vectors)).T
-    expected_scores, _ = full.topk(7, dim=1)
-    assert torch.allclose(scores, expected_scores, atol=1e-6)
-    assert torch.allclose(full.gather(1, rows), scores, atol=1e-6)
-
-
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
-def test_faiss_indexes_report_recall(predictor, kind):
-    pytest.importorskip("faiss", reason="faiss-cpu is optional (pip install faiss-cpu)")
-    index = EntityIndex(np.array(predictor.index.vectors), predictor.index.ids)
-    report = index.build_faiss(kind, nlist=4, nprobe=4)
-    assert report["kind"] == kind and 0 <= report["recall@10"] <= 1
-    if kind in ("flat", "ivf"):  # ivf probes all 4 lists here: exhaustive
-        assert report["recall@10"] == 1.0
-    queries = predictor.query_vectors([(predictor.resolve_entity("E0"), 0)])
-    exact = index.search_exact(queries, 5)[1]
-    assert set(index.search(queries, 5)[1][0].tolist()) == set(exact[0].tolist()) or kind == "hnsw"
-
-
-# ---------------------------------------------------------------------------------------------------- export
-def test_export_hf_gives_identical_scores(run_dir, predictor, tmp_path):
-    out = tmp_path / "export"
-    result = export_model(run_dir, out, "hf")
-    for name in ("model.safetensors", "model.json", "tokenizer", "manifest.json", "config.yaml", "export.json",
-                 "index/entities.npy", "index/entities.json", f"data/{predictor.kg.name}/entities.tsv"):
-        assert (out / name).exists(), name
-    assert result.meta["export_format"] == "hf" and result.meta["index"]["entities"] == predictor.kg.num_entities
-    assert result.to_dict() == {**json.loads((out / "export.json").read_text()), "output": str(out)}
-    moved = tmp_path / "elsewhere" / "model"  # self-contained: works after a move, without the original dataset path
-    moved.parent.mkdir()
-    shutil.move(str(out), str(moved))
-    exported = Predictor.from_pretrained(moved, device="cpu")
-    assert exported.kg.entity_ids == predictor.kg.entity_ids
-    assert np.array_equal(np.asarray(exported.index.vectors), np.asarray(predictor.index.vectors))
-    for head, relation in (("E0", "hypernym"), ("E5", "r_skip"), ({"name": "dog", "description": "pet"}, "has part")):
-        a = predictor.predict_tails(head, relation, k=8).to_dict()
-        b = exported.predict_tails(head, relation, k=8).to_dict()
-        assert a == b
-    assert exported.score("E3", "similar to", "E8") == predictor.score("E3", "similar to", "E8")
-    with pytest.raises(KGDistillError, match="not empty and not a previous export"):
-        export_model(run_dir, moved.parent, "hf")
-    with pytest.raises(KGDistillError, match="must not be the model folder or contain it"):
-        export_model(run_dir, run_dir, "hf")
-
-
-def test_export_onnx_and_int8(run_dir, predictor, tmp_path):
-    pytest.importorskip("onnxruntime", reason="ONNX export needs onnx and onnxruntime")
-    pytest.importorskip("onnx", reason="ONNX export needs onnx and onnxruntime")
-    out = tmp_path / "onnx"
-    report = export_model(run_dir, out, "onnx", quantize="int8").meta
-    assert max(report["onnx"]["max_abs_diff_vs_pytorch"].values()) < 1e-5
-    assert max(report["onnx"]["int8_max_abs_diff_vs_pytorch"].values()) < 0.05
-    assert max(report["int8_max_abs_diff_vs_fp32"].values()) < 0.05
-    for name in ("onnx/query_encoder.onnx", "onnx/entity_encoder.onnx", "onnx/query_encoder.int8.onnx"):
-        assert (out / name).is_file()
-    int8 = Predictor.from_pretrained(out, backend="onnx")  # the int8 graphs, as the export asked
-    assert int8.fingerprint.startswith("onnx-") and (out / "index" / "entities-onnx-int8.npy").is_file()
-    for tail in ("E1", "E7", {"name": "dog", "description": "pet"}):
-        assert int8.score("E0", "hypernym", tail) == pytest.approx(predictor.score("E0", "hypernym", tail), abs=0.02)
-    torch_int8 = Predictor.from_pretrained(out)  # PyTorch dynamic int8 on load
-    assert torch_int8.fingerprint.endswith("+int8")
-    assert torch_int8.score("E0", "hypernym", "E1") == pytest.approx(predictor.score("E0", "hypernym", "E1"), abs=0.02)
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-def test_cli_predict_single_json_and_table(run_dir, predictor, capsys):
-    assert main(["predict", "--model", str(run_dir), "--head", "E0", "--relation", "hypernym", "-k", "3",
-                 "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out == predictor.predict_tails("E0", "hypernym", k=3).to_dict()
-    assert main(["predict", "--model", str(run_dir), "--relation", "hypernym", "--tail", "E1", "-k", "2"]) == 0
-    table = capsys.readouterr().out
-    assert "? --[hypernym]--> (E1:" in table and "rank" in table
-    assert main(["predict", "--model", str(run_dir), "--head", '{"name": "dog", "description": "pet"}',
-                 "--relation", "hypernym", "--tail", "E1", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(
-        predictor.score({"name": "dog", "description": "pet"}, "hypernym", "E1"), abs=1e-6)
-
-
-def test_cli_predict_batch_and_errors(run_dir, tmp_path, capsys):
-    tsv = tmp_path / "q.tsv"
-    tsv.write_text("E0\thypernym\n# comment\n?\thas part\tE3\n", encoding="utf-8")
-    assert main(["predict", "--model", str(run_dir), "--queries", str(tsv), "-k", "2", "--json"]) == 0
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [x["direction"] for x in lines] == ["tail", "head"] and all(len(x["results"]) == 2 for x in lines)
-    jsonl = tmp_path / "q.jsonl"
-    jsonl.write_text('{"head": "E0", "relation": "hypernym"}\n\n{"head": "nobody", "relation": "hypernym"}\n')
-    assert main(["predict", "--model", str(run_dir), "--queries", str(jsonl)]) == 2
-    assert f"{jsonl}:3: head: unknown entity 'nobody'" in capsys.readouterr().err
-    bad = tmp_path / "bad.tsv"
-    bad.write_text("E0\n")
-    assert main(["predict", "--model", str(run_dir), "--queries", str(bad)]) == 2
-    assert f"{bad}:1: expected head<TAB>relation" in capsys.readouterr().err
-    assert main(["predict", "--model", str(run_dir), "--head", "E0"]) == 2
-    assert "give --relation" in capsys.readouterr().err
-    assert main(["predict", "--model", str(run_dir), "--head", "{oops", "--relation", "hypernym"]) == 2
-    assert "--head: not valid JSON" in capsys.readouterr().err
-    assert main(["predict", "--model", str(tmp_path), "--head", "E0", "--relation", "hypernym"]) == 2
-    assert "no model here" in capsys.readouterr().err
-
-
-def test_cli_export(run_dir, tmp_path, capsys):
-    assert main(["export", "--model", str(run_dir), "--format", "hf", "--output", str(tmp_path / "e")]) == 0
-    assert "exported (hf)" in capsys.readouterr().out
-    (tmp_path / "busy").mkdir()
-    (tmp_path / "busy" / "keep.txt").write_text("x")
-    assert main(["export", "--model", str(run_dir), "--output", str(tmp_path / "busy")]) == 2
-    assert "not empty" in capsys.readouterr().err

@@ -1,10 +1,10 @@
-"""Layer maps, student construction, frozen teacher, save/load, resume determinism, end-to-end pipeline."""
-import json
-
+"""PLM loading and students (``kgdistill.models.plm``): layer maps and layer choices, a student copying the mapped
+layers, weights and tokenizer loaded without remote code or pickles, and the tiny fixture's tokenizer."""
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from conftest import make_tiny_plm, tiny_overrides
+from kgdistill.cli import main
 from kgdistill.errors import ConfigError
 from kgdistill.models.plm import build_student_encoder, choose_layers, even_layer_map, load_encoder
 
@@ -42,108 +42,45 @@ def test_student_copies_the_mapped_layers(tiny_plm):
         build_student_encoder(source, [0, 9])
 
 
-def test_teacher_gets_no_gradient(tiny_config, tmp_path):
-    from kgdistill.api import DataContext, build_model, train
-    from kgdistill.training.distillation import DistillationObjective
-    from kgdistill.losses.contrastive import InfoNCELoss
+def test_tiny_tokenizer_knows_its_words(tiny_plm):
+    """Guards the fixture itself: a tokenizer mapping every word to [UNK] would make many tests vacuous."""
+    from kgdistill.models.plm import load_tokenizer
 
-    config = tiny_config(train__max_steps=2)
-    train(config, tmp_path / "t", evaluate_after=False, progress=False)
-    from kgdistill.api import load_model
-
-    teacher, _, _ = load_model(tmp_path / "t")
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    config.model.num_layers = 2
-    student, tokenizer = build_model(config, teacher=teacher)
-    data = DataContext(config, tokenizer)
-    loss = InfoNCELoss(student, config.loss, data.known_train, 8)
-    objective = DistillationObjective(student, teacher, loss, config.distill, 0.2, tokenizer.mask_token_id).train()
-    out, logs = objective(data.train_set().batch(torch.arange(8).numpy()))
-    out.backward()
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not teacher.training
-    trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
-    assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable), \
-        [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0]  # every student weight learns
-    assert logs["l_mgfd"] > 0 and logs["l_score"] > 0  # a 2-layer student does not score like its 4-layer teacher
-    for k, v in teacher.state_dict().items():
-        assert torch.equal(v, before[k])
+    assert load_tokenizer(tiny_plm).tokenize("dog cat e3") == ["dog", "cat", "e3"]
 
 
-def test_resume_gives_identical_weights(tiny_config, tmp_path, monkeypatch):
-    """Interrupt after a checkpoint, resume, and compare with an uninterrupted run bit for bit."""
-    from kgdistill.api import train
-    from kgdistill.training import trainer as trainer_module
+# ---------------------------------------------------------------------------------------------------- PLM loading
+def test_a_plm_with_only_pickled_weights_is_a_one_line_error(tiny_kg, tmp_path, cache_dir, capsys):
+    plm = make_tiny_plm(tmp_path / "plm")
+    from safetensors.torch import load_file
 
-    config = tiny_config(train__max_steps=6, train__checkpoint_every=2)
-    train(config, tmp_path / "full", evaluate_after=False, progress=False)
-
-    original = trainer_module.Trainer.save
-    calls = {"n": 0}
-
-    def crash_after_second_checkpoint(self, name=trainer_module.LAST):
-        original(self, name)
-        if name == trainer_module.LAST:
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_module.Trainer, "save", crash_after_second_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "cut", evaluate_after=False, progress=False)
-    monkeypatch.setattr(trainer_module.Trainer, "save", original)
-    assert json.loads((tmp_path / "cut/checkpoint-last/trainer_state/state.json").read_text())["progress"]["step"] == 4
-    train(config, tmp_path / "cut", resume=True, evaluate_after=False, progress=False)
-    a = load_file(str(tmp_path / "full/checkpoint-last/model.safetensors"))
-    b = load_file(str(tmp_path / "cut/checkpoint-last/model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    torch.save(load_file(str(plm / "model.safetensors")), plm / "pytorch_model.bin")
+    (plm / "model.safetensors").unlink()
+    capsys.readouterr()
+    rc = main(["train", "--preset", "", "--dataset", str(tiny_kg), "--plm", str(plm), "--output-dir",
+               str(tmp_path / "run"), *tiny_overrides()])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("kgdistill: error:") and len(lines) == 1, err
+    assert "'model.plm'" in lines[-1] and "safetensors" in lines[-1] and "pytorch_model.bin" in lines[-1]
 
 
-def test_saved_model_reloads_identically(tiny_config, tmp_path):
-    from kgdistill.api import build_model
-    from kgdistill.models.biencoder import BiEncoder
+def test_plm_and_tokenizer_are_loaded_without_remote_code_or_pickles(tiny_plm, monkeypatch):
+    import transformers
 
-    model, tokenizer = build_model(tiny_config())
-    model.save(tmp_path / "m", tokenizer)
-    again = BiEncoder.load(tmp_path / "m")
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, again.state_dict()[k])
+    from kgdistill.models.plm import load_encoder, load_tokenizer
 
+    seen = {}
+    for cls in (transformers.AutoModel, transformers.AutoTokenizer):
+        real = cls.from_pretrained
 
-def test_pipeline_end_to_end_writes_report(tiny_config, tmp_path):
-    from kgdistill.jobs.pipeline import pipeline
+        def spy(*args, _real=real, _name=cls.__name__, **kwargs):
+            seen[_name] = kwargs
+            return _real(*args, **kwargs)
 
-    config = tiny_config(train__max_steps=3, distill__stage_steps=2)
-    report = pipeline(config, tmp_path / "p", progress=False)
-    assert [r["layers"] for r in report.rows] == [4, 4, 3, 2, 1]
-    for name in ("report.json", "report.md", "report.png"):
-        assert (tmp_path / "p" / name).stat().st_size > 0
-    assert (tmp_path / "p" / "report.png").read_bytes()[:4] == b"\x89PNG"
-    saved = json.loads((tmp_path / "p/report.json").read_text())
-    rows = saved["rows"]
-    assert report.to_dict() == saved and saved["teacher"]["status"].startswith("unknown") and report.table() == (tmp_path / "p/report.md").read_text().rstrip("\n")
-    assert rows[1]["mask_rate"] == 0.2 and rows[-1]["mask_rate"] == 0.0
-    assert rows[0]["parameters"] > rows[-1]["parameters"]
-    # a second call finds every stage finished and redoes none
-    mtime = (tmp_path / "p/02-grade1-3L/checkpoint-last/model.safetensors").stat().st_mtime
-    pipeline(config, tmp_path / "p", progress=False)
-    assert (tmp_path / "p/02-grade1-3L/checkpoint-last/model.safetensors").stat().st_mtime == mtime
-
-
-def test_student_from_teacher_layers_copies_the_fine_tuned_weights(tiny_config, tmp_path):
-    from kgdistill.api import build_model, load_model, train
-
-    train(tiny_config(train__max_steps=2), tmp_path / "t", evaluate_after=False, progress=False)
-    teacher, _, _ = load_model(tmp_path / "t")
-    config = tiny_config(model__init_from="teacher", model__num_layers=2)
-    student, _ = build_model(config, teacher=teacher)
-    assert student.info["initialised_from"] == "teacher" and student.info["layer_map"] == [1, 3]
-    for encoder in ("hr_encoder", "tail_encoder"):
-        src = getattr(teacher, encoder).state_dict()
-        dst = getattr(student, encoder).state_dict()
-        for new, old in enumerate([1, 3]):
-            for key in [k for k in src if k.startswith(f"encoder.layer.{old}.")]:
-                assert torch.equal(dst[key.replace(f"layer.{old}.", f"layer.{new}.")], src[key])
-    plm_student, _ = build_model(tiny_config(model__num_layers=2), teacher=teacher)
-    key = "encoder.layer.0.attention.self.query.weight"
-    assert not torch.equal(plm_student.hr_encoder.state_dict()[key], student.hr_encoder.state_dict()[key])
+        monkeypatch.setattr(cls, "from_pretrained", spy)
+    load_encoder(tiny_plm)
+    load_tokenizer(tiny_plm)
+    assert seen["AutoModel"]["trust_remote_code"] is False and seen["AutoModel"]["use_safetensors"] is True
+    assert seen["AutoTokenizer"]["trust_remote_code"] is False
