@@ -54,7 +54,7 @@ PY
     | tee "$OUT/machine.txt"
 results=()
 if [ "$mode" = check ]; then
-    timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/pytest-gpu.log"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/ 2>&1 | tee "$OUT/pytest-gpu.log"
     timeout 200 python3 -m kgdistill pipeline --output-dir runs/gpu-pipeline 2>&1 | tee "$OUT/pipeline.log"
     results=(runs/gpu-pipeline)
 elif [ "$mode" = protocol ]; then

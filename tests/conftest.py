@@ -1,5 +1,7 @@
-"""Fixtures: a tiny random BERT built from a config (saved as a local HF folder), a tiny synthetic KG, and the one
-tiny config every test trains with (:data:`TINY_CONFIG`, as a config, CLI overrides or a trained run)."""
+"""Everything the tests share, for every folder of ``tests/``: a tiny random BERT built from a config (saved as a local
+HF folder), a tiny synthetic KG, the one tiny config every test trains with (:data:`TINY_CONFIG`, as a config, CLI
+overrides or a trained run), a trained tiny run with its Predictor, and the helpers several test modules use. Test
+modules import from here and never from each other (``tests/layers/test_test_layout.py``)."""
 from __future__ import annotations
 
 import os
@@ -136,6 +138,49 @@ def train_tiny(run_dir: Path, kg: Path, plm: Path, evaluate: bool = False, **cha
     return run_dir
 
 
+# A trained tiny run as a user receives it, shared by the modules that use one as it is: the Predictor and its entity
+# index (tests/inference), export (tests/jobs) and the CLI's predict and export (tests/cli). Session-scoped, so they
+# share one run as they did in one module; a module that needs another run defines its own ``run_dir`` or
+# ``predictor``, which wins over these.
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, tiny_plm, tiny_kg) -> Path:
+    root = tmp_path_factory.mktemp("inference")
+    return train_tiny(root / "run", tiny_kg, tiny_plm, data__cache_dir=str(root / "cache"), train__checkpoint_every=3)
+
+
+@pytest.fixture(scope="session")
+def predictor(run_dir):
+    from kgdistill.inference.predictor import Predictor
+
+    return Predictor.from_pretrained(run_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def evaluated(run_dir):
+    """The evaluator's own per-query dump (filtered ranks, top 10) and entity vectors for the test split."""
+    from kgdistill.api import DataContext, load_model, load_run_config
+
+    model, tokenizer, folder = load_model(run_dir)
+    config = load_run_config(folder)
+    config.eval.dump_predictions = True
+    data = DataContext(config, tokenizer)
+    evaluator = data.evaluator(torch.device("cpu"))
+    result = evaluator.evaluate(model, "test", progress=False)
+    return result, evaluator.encode_entities(model, progress=False), data
+
+
+def make_toy_kg():
+    """Four entities a-d, one relation, training triples (a, r, b), (a, r, c), (d, r, a); b has a long description."""
+    import numpy as np
+
+    from kgdistill.data.dataset import KnowledgeGraph
+
+    ids = ["a", "b", "c", "d"]
+    train = np.array([[0, 0, 1], [0, 0, 2], [3, 0, 0]])
+    return KnowledgeGraph("toy", ids, ["A", "B", "C", "D"], ["", "long " * 30, "", ""], ["r"], ["rel"],
+                          {"train": train, "valid": np.zeros((0, 3), int), "test": np.zeros((0, 3), int)}, "f", "toy")
+
+
 @pytest.fixture()
 def tiny_config(tiny_plm, tiny_kg, cache_dir):
     """The tiny config on the tiny KG; call it with ``section__key=value`` changes."""
@@ -161,6 +206,13 @@ def assert_user_error(rc: int, err: str, expected: list[str]) -> str:
     for text in expected:
         assert text in errors[0], f"{text!r} not in {errors[0]!r}"
     return errors[0]
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message, which must be one line."""
+    text = str(exc)
+    assert "\n" not in text, text
+    return text
 
 
 def train_args(plm: Path, kg: Path, run: Path, *extra: str, tiny: list[str] = TINY) -> list[str]:

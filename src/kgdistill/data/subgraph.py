@@ -7,7 +7,7 @@ Its validation and test splits are small (WN18RR's 3 % each), so ``heldout`` mov
 until each holds that many: only triples whose entity pair is linked by no other training triple (no reverse or
 parallel edge left behind to give the answer away, as WN18RR removed its inverse relations) and whose entities keep
 another training triple. The same source, size, seed and ``heldout`` always give the same files
-(``tests/test_subgraph.py``).
+(``tests/data/test_subgraph.py``).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A padded batch of WN18RR queries is about 37 % padding. Packing lays the real to
 side in rows as wide as the batch (first-fit decreasing), restarts the position ids at every sequence, and gives the
 encoder a block-diagonal attention mask, so every sequence sees exactly what it would see alone. The hidden states
 are scattered back into the padded layout, so pooling, MGFD and every caller are unchanged; the result equals padded
-encoding up to floating-point summation order (``tests/test_packing.py``).
+encoding up to floating-point summation order (``tests/models/test_packing.py``).
 
 Only encoders whose position ids are plain 0..L-1 (BERT-style absolute positions) can be packed this way;
 :func:`can_pack` says which, and others keep padded encoding.

@@ -347,7 +347,7 @@ def test_schema_fuzz_never_5xx(predictor):
 
 # ---------------------------------------------------------------------------------------------------- load test script
 def _serve_load():
-    spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).parents[1] / "bench" / "serve_load.py")
+    spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).parents[2] / "bench" / "serve_load.py")
     serve_load = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve_load)
     return serve_load

@@ -1,6 +1,6 @@
-"""Integrity and safe loading: the entity index and every exported file carry sha256 checksums written after them
-and checked on load (a flipped byte is refused, never served), ``export.json`` paths stay inside the export, PLM
-folders are loaded without their code or pickles, and YAML/JSON config errors name the file, line and problem."""
+"""Integrity on load: the entity index and every exported file carry sha256 checksums written after them and checked
+when a Predictor loads them (a flipped byte is refused, never served), and ``export.json`` paths stay inside the
+export."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import make_tiny_plm, tiny_overrides, train_tiny
+from conftest import one_line, train_tiny
 from kgdistill.cli import main
-from kgdistill.config import load_config_file
-from kgdistill.errors import CheckpointError, ConfigError
+from kgdistill.errors import CheckpointError
 from kgdistill.jobs.export import REWRITTEN, export_model
 from kgdistill.inference.index import EntityIndex
 from kgdistill.inference.predictor import Predictor
@@ -44,12 +42,6 @@ def flip(path: Path, at: float = 0.5) -> None:
         i += 1
     data[i] = ord("7") if chr(data[i]) != "7" else ord("3")
     path.write_bytes(bytes(data))
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc)
-    assert "\n" not in text, text
-    return text
 
 
 # ---------------------------------------------------------------------------------------------------- index
@@ -125,56 +117,3 @@ def test_paths_in_export_json_must_stay_inside_the_export(key, value, exported, 
     with pytest.raises(CheckpointError) as raised:
         Predictor.from_pretrained(copy, device="cpu")
     assert "export.json" in one_line(raised.value) and value in str(raised.value)
-
-
-# ---------------------------------------------------------------------------------------------------- PLM loading
-def test_a_plm_with_only_pickled_weights_is_a_one_line_error(tiny_kg, tmp_path, cache_dir, capsys):
-    plm = make_tiny_plm(tmp_path / "plm")
-    from safetensors.torch import load_file
-
-    torch.save(load_file(str(plm / "model.safetensors")), plm / "pytorch_model.bin")
-    (plm / "model.safetensors").unlink()
-    capsys.readouterr()
-    rc = main(["train", "--preset", "", "--dataset", str(tiny_kg), "--plm", str(plm), "--output-dir",
-               str(tmp_path / "run"), *tiny_overrides()])
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines[-1].startswith("kgdistill: error:") and len(lines) == 1, err
-    assert "'model.plm'" in lines[-1] and "safetensors" in lines[-1] and "pytorch_model.bin" in lines[-1]
-
-
-def test_plm_and_tokenizer_are_loaded_without_remote_code_or_pickles(tiny_plm, monkeypatch):
-    import transformers
-
-    from kgdistill.models.plm import load_encoder, load_tokenizer
-
-    seen = {}
-    for cls in (transformers.AutoModel, transformers.AutoTokenizer):
-        real = cls.from_pretrained
-
-        def spy(*args, _real=real, _name=cls.__name__, **kwargs):
-            seen[_name] = kwargs
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(cls, "from_pretrained", spy)
-    load_encoder(tiny_plm)
-    load_tokenizer(tiny_plm)
-    assert seen["AutoModel"]["trust_remote_code"] is False and seen["AutoModel"]["use_safetensors"] is True
-    assert seen["AutoTokenizer"]["trust_remote_code"] is False
-
-
-# ---------------------------------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("name, text, where, problem", [
-    ("flow.yaml", "train: [1, 2\ndata: {\n", ":2:5:", "expected ',' or ']'"),
-    ("indent.yaml", "train:\n  lr: 1\n lr2: 3\n", ":3:2:", "expected <block end>"),
-    ("colon.yaml", "train:\n  lr: a: b\n", ":2:8:", "mapping values are not allowed here"),
-    ("comma.json", '{"train": {"lr": 0.1,}}', ":1:22:", "Expecting property name"),
-])
-def test_config_syntax_errors_name_file_line_and_problem(name, text, where, problem, tmp_path):
-    path = tmp_path / name
-    path.write_text(text)
-    with pytest.raises(ConfigError) as raised:
-        load_config_file(path)
-    message = one_line(raised.value)
-    assert message.startswith(f"{path}{where}") and problem in message

@@ -13,7 +13,6 @@ from kgdistill.data.loading import convert_dataset, load_dataset  # noqa: E402
 from kgdistill.errors import DataError  # noqa: E402
 from kgdistill.inference.predictor import Predictor  # noqa: E402
 from kgdistill.jobs.train import train  # noqa: E402
-from kgdistill.pmd.report import Report  # noqa: E402
 from kgdistill.store.saved import load_model  # noqa: E402
 
 
@@ -107,11 +106,3 @@ def test_a_dataframe_graph_trains_evaluates_and_predicts_as_the_tsv_graph(tiny_c
     assert list(results["id"]) == [r.id for r in predictions[0].results]
     assert list(results["rank"]) == [1, 2, 3, 4, 5]
     assert table[table["filtered"]]["id"].tolist() == [r.id for r in predictions[0].filtered]
-
-
-def test_report_rows_as_a_dataframe():
-    report = Report([{"name": "00-teacher", "kind": "teacher", "layers": 4, "no_rerank": {"mrr": 0.5, "hits@1": 0.25}},
-                     {"name": "02-grade1-2L", "kind": "pmd", "layers": 2, "no_rerank": {"mrr": 0.4, "hits@1": 0.2}}])
-    frame = report.to_df()
-    assert frame["name"].tolist() == ["00-teacher", "02-grade1-2L"]
-    assert frame["no_rerank.mrr"].tolist() == [0.5, 0.4]

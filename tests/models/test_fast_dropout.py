@@ -1,5 +1,6 @@
 """Fast dropout: the same Bernoulli mask statistics as torch's, the same encoder outputs without dropout, the
-same attention as SDPA, and the trainer switching CPU encoders to it (train.fast_dropout)."""
+same attention as SDPA, the replaced modules' train/eval mode kept, and the trainer switching CPU encoders to it
+(train.fast_dropout)."""
 import torch
 
 from kgdistill.models.fast_dropout import ATTENTION, FastDropout, fast_dropout, keep_mask, use_fast_dropout
@@ -101,3 +102,17 @@ def test_trainer_switches_cpu_encoders(tiny_config, tmp_path):
         objective = ContrastiveObjective(model, InfoNCELoss(model, config.loss, data.known_train, 8))
         Trainer(tmp_path / expected, config, objective, data.train_set(), None, tokenizer, progress=False)
         assert model.hr_encoder.config._attn_implementation == expected
+
+
+def test_fast_dropout_keeps_the_replaced_modules_mode_and_drops_all_at_p_one():
+    from kgdistill.models.fast_dropout import FastDropout, fast_dropout, use_fast_dropout
+    from transformers import BertConfig, BertModel
+
+    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, attn_implementation="sdpa")).eval()
+    assert use_fast_dropout(encoder)
+    swapped = [m for m in encoder.modules() if isinstance(m, FastDropout)]
+    assert swapped and not any(m.training for m in swapped)
+    x = torch.ones(1000)
+    out = fast_dropout(x, 1.0 - 2.0 ** -18)
+    assert torch.isfinite(out).all() and not out.any()

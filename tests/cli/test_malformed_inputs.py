@@ -15,7 +15,6 @@ import pytest
 
 from conftest import TINY, assert_user_error, make_tiny_kg, make_tiny_plm, train_tiny
 from kgdistill.cli import main
-from kgdistill.config import build_config, parse_overrides
 from kgdistill.data.loading import load_dataset
 from kgdistill.errors import DataError
 from kgdistill.io import write_manifest
@@ -328,12 +327,6 @@ def test_malformed_config_is_one_line_error(make_args, expected, good_kg, plm, t
     rc, err = run_cli([*base, *TINY, *args], capsys)  # a flag given twice: the case's wins (argparse keeps the last)
     assert_user_error(rc, err, expected)
     assert_no_artefacts(out)
-
-
-def test_scientific_notation_override_is_a_number():
-    """'train.lr=1e-4' (the example in the CLI help) is a valid override."""
-    config = build_config(None, overrides=parse_overrides(["train.lr=1e-4"]))
-    assert config.train.lr == pytest.approx(1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------- models

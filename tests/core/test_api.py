@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import subprocess
 import sys
 
@@ -22,8 +23,8 @@ def test_import_is_cheap_and_every_export_resolves_with_a_docstring():
             for attr, member in vars(value).items():
                 if not attr.startswith("_") and (callable(member) or isinstance(member, property)):
                     assert inspect.getdoc(getattr(value, attr)), f"{name}.{attr}"
-    for name in ("train", "evaluate", "distill", "pipeline", "export_model", "serve"):
-        assert callable(getattr(kgdistill, name)), name
+    documented = set(re.findall(r"``([A-Za-z_]\w*)``", kgdistill.__doc__))  # the names the package docstring offers
+    assert documented and documented <= set(kgdistill.__all__), sorted(documented - set(kgdistill.__all__))
 
 
 def test_every_job_result_is_a_result():
@@ -40,7 +41,7 @@ def test_train_outcome_round_trips_through_to_dict_and_save(tiny_config, tmp_pat
     assert data == outcome.to_dict() and data["run_dir"] == str(tmp_path / "run")
     assert data["train"] == json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert data["metrics"] == json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert outcome.metrics == outcome.evaluation.metrics and outcome.train.steps == 2
+    assert outcome.train.steps == 2
     assert outcome.table().startswith("trained 2 steps in ") and "no_rerank both" in outcome.table()
     copy = outcome.save(tmp_path / "copy")
     for name in ("train_summary.json", "metrics.json"):

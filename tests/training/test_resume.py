@@ -30,6 +30,7 @@ from kgdistill.io import verify_manifest
 from kgdistill.training.objectives import ContrastiveObjective
 from kgdistill.training.trainer import BEST, LAST, Trainer
 
+
 TOTAL_STEPS = 12  # the tiny KG has 84 training queries: 10 steps an epoch, so the run crosses an epoch boundary
 ARGS = tiny_overrides(train__max_steps=TOTAL_STEPS, train__warmup_steps=2, train__checkpoint_every=1,
                       train__num_threads=1, distill__stage_steps=None)
@@ -160,6 +161,35 @@ def test_resume_with_a_different_schedule_is_refused(env, baseline):
     shutil.copytree(baseline("default"), run)
     with pytest.raises(CheckpointError, match="resume with the same config"):
         train(make_config(env, "default", f"train.max_steps={TOTAL_STEPS + 2}"), run, resume=True, progress=False)
+
+
+def test_resume_gives_identical_weights(tiny_config, tmp_path, monkeypatch):
+    """Interrupt after a checkpoint, resume, and compare with an uninterrupted run bit for bit."""
+    from kgdistill.api import train
+    from kgdistill.training import trainer as trainer_module
+
+    config = tiny_config(train__max_steps=6, train__checkpoint_every=2)
+    train(config, tmp_path / "full", evaluate_after=False, progress=False)
+
+    original = trainer_module.Trainer.save
+    calls = {"n": 0}
+
+    def crash_after_second_checkpoint(self, name=trainer_module.LAST):
+        original(self, name)
+        if name == trainer_module.LAST:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "save", crash_after_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut", evaluate_after=False, progress=False)
+    monkeypatch.setattr(trainer_module.Trainer, "save", original)
+    assert json.loads((tmp_path / "cut/checkpoint-last/trainer_state/state.json").read_text())["progress"]["step"] == 4
+    train(config, tmp_path / "cut", resume=True, evaluate_after=False, progress=False)
+    a = load_file(str(tmp_path / "full/checkpoint-last/model.safetensors"))
+    b = load_file(str(tmp_path / "cut/checkpoint-last/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------------------------------------- (b) SIGKILL

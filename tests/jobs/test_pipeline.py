@@ -1,0 +1,99 @@
+"""The pipeline job (``kgdistill.jobs.pipeline``): teacher, grades and controls end to end with the report, the
+serving grade, a model card for every grade, no finished stage redone, and a stage run alone equal to the same
+stage in a pipeline."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+
+def test_pipeline_end_to_end_writes_report(tiny_config, tmp_path):
+    from kgdistill.jobs.pipeline import pipeline
+
+    config = tiny_config(train__max_steps=3, distill__stage_steps=2)
+    report = pipeline(config, tmp_path / "p", progress=False)
+    assert [r["layers"] for r in report.rows] == [4, 4, 3, 2, 1]
+    for name in ("report.json", "report.md", "report.png"):
+        assert (tmp_path / "p" / name).stat().st_size > 0
+    assert (tmp_path / "p" / "report.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "p/report.json").read_text())
+    rows = saved["rows"]
+    assert report.to_dict() == saved and saved["teacher"]["status"].startswith("unknown") and report.table() == (tmp_path / "p/report.md").read_text().rstrip("\n")
+    assert rows[1]["mask_rate"] == 0.2 and rows[-1]["mask_rate"] == 0.0
+    assert rows[0]["parameters"] > rows[-1]["parameters"]
+    # a second call finds every stage finished and redoes none
+    mtime = (tmp_path / "p/02-grade1-3L/checkpoint-last/model.safetensors").stat().st_mtime
+    pipeline(config, tmp_path / "p", progress=False)
+    assert (tmp_path / "p/02-grade1-3L/checkpoint-last/model.safetensors").stat().st_mtime == mtime
+
+
+def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
+    from kgdistill.jobs.pipeline import pipeline
+
+    config = tiny_config(train__max_steps=3, distill__stage_steps=2, distill__pre_distill=False,
+                         distill__grades=[{"layers": 2, "mask_rate": 0.0}], distill__controls=["direct", "plm"],
+                         model__init_from="teacher", distill__lr_depth_power=1.0)
+    report = pipeline(config, tmp_path / "p", progress=False)
+    assert [(r["kind"], r["layers"]) for r in report.rows] == [("teacher", 4), ("pmd", 2), ("direct", 2), ("plm", 2)]
+    for row in report.rows[1:]:  # 4 -> 2 layers at power 1: twice the rate, saved as the stage's own train.lr
+        saved = yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text(encoding="utf-8"))
+        assert saved["train"]["lr"] == pytest.approx(2 * config.train.lr)
+    rows = {r["kind"]: r for r in report.rows}
+    assert rows["direct"]["initialised_from"] == "teacher" and rows["plm"]["initialised_from"] == "plm"
+    assert rows["pmd"]["steps"] == 2 and rows["direct"]["steps"] == rows["plm"]["steps"] == 3  # equal compute
+    assert "| direct | ce |" in report.markdown()
+    # the student trained at a 0 % mask rate: its objective has no MGFD term, and the report says so
+    assert rows["pmd"]["objective"] == "0.8 ce + 0.1 score" and rows["teacher"]["objective"] == "ce"
+
+
+def test_pipeline_serving_grade_keeps_the_teachers_entity_encoder(tiny_config, tmp_path):
+    from kgdistill.jobs.pipeline import pipeline
+    from kgdistill.store.saved import load_model
+
+    config = tiny_config(train__max_steps=3, distill__stage_steps=2, distill__pre_distill=False,
+                         distill__grades=[{"layers": 2, "mask_rate": 0.0}], distill__serving_grade=True,
+                         model__init_from="teacher")
+    report = pipeline(config, tmp_path / "p", progress=False)
+    assert [(r["kind"], r["layers"], r["entity_layers"]) for r in report.rows] == [
+        ("teacher", 4, 4), ("pmd", 2, 2), ("query", 2, 4)]
+    serving, _, _ = load_model(tmp_path / "p/03-serving-query-2L")
+    teacher, _, _ = load_model(tmp_path / "p/00-teacher")
+    assert all(torch.equal(serving.tail_encoder.state_dict()[k], v) for k, v in teacher.tail_encoder.state_dict().items())
+    assert report.rows[2]["steps"] == report.rows[1]["steps"]
+
+
+def test_every_pipeline_grade_gets_a_model_card_matching_its_metrics(tiny_config, tmp_path):
+    from kgdistill.jobs.pipeline import pipeline
+    from kgdistill.store.model_card import front_matter
+
+    config = tiny_config(train__max_steps=2, distill__stage_steps=2, distill__grades=[{"layers": 2, "mask_rate": 0.0}])
+    pipeline(config, tmp_path / "p", progress=False)
+    for stage in ("00-teacher", "01-pre-distilled", "02-grade1-2L"):
+        card = front_matter((tmp_path / "p" / stage / "README.md").read_text(encoding="utf-8"))
+        metrics = json.loads((tmp_path / "p" / stage / "metrics.json").read_text())
+        first = card["model-index"][0]["results"][0]  # without re-ranking
+        assert {m["type"]: m["value"] for m in first["metrics"]}["mrr"] == metrics["no_rerank"]["both"]["mrr"], stage
+
+
+def test_a_stage_run_alone_equals_the_same_stage_in_a_pipeline(tiny_config, tmp_path):
+    from kgdistill.cli.app import main
+    from kgdistill.jobs.pipeline import pipeline
+    from kgdistill.store.saved import load_model
+
+    config = tiny_config(train__max_steps=2, distill__pre_distill=False, model__init_from="teacher",
+                         distill__grades=[{"layers": 2, "mask_rate": 0.2, "steps": 3}])
+    pipeline(config, tmp_path / "p", progress=False)
+    torch.manual_seed(1234)  # whatever ran before, the stage reseeds
+    # from the stage's saved config alone, as a user would
+    assert main(["distill", "--config", str(tmp_path / "p/02-grade1-2L/config.yaml"), "--output-dir",
+                 str(tmp_path / "alone")]) == 0
+    in_pipeline, _, _ = load_model(tmp_path / "p/02-grade1-2L")
+    alone, _, _ = load_model(tmp_path / "alone")
+    for key, value in in_pipeline.state_dict().items():
+        assert torch.equal(value, alone.state_dict()[key]), key
+    assert json.loads((tmp_path / "alone/metrics.json").read_text())["no_rerank"] == \
+        json.loads((tmp_path / "p/02-grade1-2L/metrics.json").read_text())["no_rerank"]

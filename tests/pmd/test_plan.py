@@ -1,0 +1,71 @@
+"""PMD's plan (``kgdistill.pmd.plan``): each stage's steps from the budget (cheap grades get more, controls equal
+compute), the shallow grades' rates, and every preset planning within its budget."""
+from __future__ import annotations
+
+import pytest
+
+
+def test_budget_gives_cheap_grades_more_steps():
+    from kgdistill.config import build_config
+    from kgdistill.pmd.plan import plan
+
+    config = build_config("quick-ladder", overrides={"distill": {"budget": 180,
+                                                                 "controls": ["direct", "plm", "direct-steps"]}})
+    stages = plan(config, 6)
+    pmd = [s for s in stages if s.kind == "pmd"]
+    assert [s.layers for s in pmd] == [6, 5, 3, 2]
+    assert [s.steps for s in pmd] == sorted(s.steps for s in pmd)  # shallower -> more steps
+    assert sum(s.steps * s.cost for s in pmd) == pytest.approx(180, rel=0.05)
+    controls = [s for s in stages if s.kind in ("direct", "plm")]
+    assert len(controls) == 3 * len(pmd)
+    # clean input with MGFD on encodes the masked query and tail a second time (student and teacher): counted
+    masked = plan(build_config("quick-ladder", overrides={"distill": {"budget": 180, "student_input": "masked"}}), 6)
+    by_name = {s.name: s for s in masked}
+    for stage in pmd:
+        if stage.mask_rate:
+            assert stage.cost > by_name[stage.name].cost and stage.steps < by_name[stage.name].steps
+        else:  # no masking at 0 %: no extra passes
+            assert stage.cost == by_name[stage.name].cost
+    for control in controls:  # equal compute (more steps, no teacher to run) unless named '-steps'
+        grade = next(s for s in pmd if control.name.startswith(s.name))
+        assert control.teacher == grade.teacher
+        if control.name.endswith("-steps"):
+            assert control.steps == grade.steps
+        else:
+            assert control.steps > grade.steps
+            assert control.steps * control.cost == pytest.approx(grade.steps * grade.cost, rel=0.05)
+
+
+def test_lr_depth_power_sets_the_shallow_grades_and_their_controls():
+    from kgdistill.config import build_config
+    from kgdistill.pmd.plan import plan
+
+    config = build_config("quick-ladder", overrides={"train": {"lr": 1e-4},
+                                              "distill": {"lr_depth_power": 2.0, "controls": ["direct"],
+                                                          "grades": [{"layers": 3, "mask_rate": 0.1},
+                                                                     {"layers": 2, "mask_rate": 0.0, "lr": 5e-4}]}})
+    lrs = {s.name: s.lr for s in plan(config, 6)}
+    assert lrs == pytest.approx({"00-teacher": None, "01-pre-distilled": None, "01-pre-distilled-direct": None,
+                                 "02-grade1-3L": 4e-4, "02-grade1-3L-direct": 4e-4, "03-grade2-2L": 5e-4,
+                                 "03-grade2-2L-direct": 5e-4})
+    config.distill.lr_depth_power = 0.0  # the paper: one rate everywhere
+    assert {s.lr for s in plan(config, 6) if s.layers == 3} == {None}
+
+
+def test_every_preset_is_a_valid_config_that_plans_within_its_budget(tmp_path):
+    """What must hold of every preset, rather than what one says (config.py says that): it builds, its config.yaml
+    reads back as the same config, its ladder never gets deeper, and where it sets a budget the distillation stages
+    spend that budget in teacher-step equivalents, one jump or several grades."""
+    from kgdistill.config import PRESETS, build_config
+    from kgdistill.pmd.plan import plan
+
+    assert PRESETS
+    for name in PRESETS:
+        config = build_config(name)
+        config.save(tmp_path / f"{name}.yaml")
+        assert build_config(None, file=tmp_path / f"{name}.yaml").to_dict() == config.to_dict(), name
+        layers = [s.layers for s in plan(config, 6) if s.kind == "pmd"]
+        assert layers and layers == sorted(layers, reverse=True) and layers[-1] < 6, (name, layers)
+        if config.distill.budget:
+            spent = sum(s.steps * s.cost for s in plan(config, 6) if s.kind == "pmd")
+            assert spent == pytest.approx(config.distill.budget, rel=0.05), name

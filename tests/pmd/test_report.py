@@ -1,0 +1,53 @@
+"""The pipeline report (``kgdistill.pmd.report``): the teacher's convergence read from its valid curve, rows evaluated
+differently refused, and the rows as a DataFrame."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from kgdistill.pmd.report import Report
+
+
+def test_teacher_status_reads_the_valid_curve(tmp_path):
+    from kgdistill.pmd.report import teacher_status
+
+    def write(values):
+        lines = [json.dumps({"step": 10 * (i + 1), "valid_mrr": v}) for i, v in enumerate(values)]
+        (tmp_path / "train_log.jsonl").write_text("\n".join(lines) + "\n")
+
+    write([0.1, 0.3, 0.40, 0.401, 0.402, 0.403, 0.404, 0.404])  # steps 10..80; last quarter: steps >= 60
+    assert teacher_status(tmp_path)["status"] == "converged"
+    write([0.1, 0.2, 0.3, 0.35, 0.38, 0.40, 0.42, 0.44])
+    status = teacher_status(tmp_path)
+    assert status["status"] == "not converged" and status["valid_mrr_range_last_quarter"] == pytest.approx(0.04)
+    (tmp_path / "train_log.jsonl").write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+    assert teacher_status(tmp_path)["status"].startswith("unknown")
+
+
+def test_report_refuses_rows_evaluated_differently(tiny_config, tmp_path):
+    from kgdistill.jobs.pipeline import pipeline
+    from kgdistill.pmd.report import build_report
+    from kgdistill.errors import KGDistillError
+    from kgdistill.config import build_config
+    from kgdistill.jobs.evaluate import evaluate
+
+    config = tiny_config(train__max_steps=2, distill__stage_steps=2, distill__pre_distill=False,
+                         distill__grades=[{"layers": 2, "mask_rate": 0.0}])
+    report = pipeline(config, tmp_path / "p", progress=False)
+    assert report.teacher["run_dir"].endswith("00-teacher") and "% of teacher: of" in report.markdown()
+    stages = [("00-teacher", tmp_path / "p/00-teacher", "teacher"), ("02-grade1-2L", tmp_path / "p/02-grade1-2L")]
+    build_report(stages)  # alike: accepted
+    evaluate(tmp_path / "p/02-grade1-2L", build_config(None, eval={"split": "valid"}), progress=False)  # the student's metrics.json now on valid
+    with pytest.raises(KGDistillError, match="02-grade1-2L.*split 'valid'.*'test'"):
+        build_report(stages)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pandas") is None, reason="to_df needs pandas")
+def test_report_rows_as_a_dataframe():
+    report = Report([{"name": "00-teacher", "kind": "teacher", "layers": 4, "no_rerank": {"mrr": 0.5, "hits@1": 0.25}},
+                     {"name": "02-grade1-2L", "kind": "pmd", "layers": 2, "no_rerank": {"mrr": 0.4, "hits@1": 0.2}}])
+    frame = report.to_df()
+    assert frame["name"].tolist() == ["00-teacher", "02-grade1-2L"]
+    assert frame["no_rerank.mrr"].tolist() == [0.5, 0.4]

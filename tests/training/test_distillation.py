@@ -1,0 +1,123 @@
+"""The distillation objective (``kgdistill.training.distillation``): a student identical to its teacher gives the
+teacher's score matrix column for column (self-negatives, pre-batch, clean input), the frozen teacher gets no
+gradient while every student weight learns, and ablations are presets of the term list."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+
+def _objective(config, teacher, student, mask_rate=0.0):
+    from kgdistill.api import DataContext
+    from kgdistill.training.distillation import DistillationObjective
+    from kgdistill.losses.contrastive import InfoNCELoss
+
+    data = DataContext(config, teacher_tokenizer(config))
+    loss = InfoNCELoss(student, config.loss, data.known_train, config.train.batch_size)
+    return DistillationObjective(student, teacher, loss, config.distill, mask_rate, 4), data
+
+
+def teacher_tokenizer(config):
+    from kgdistill.models.plm import load_tokenizer, resolve_plm
+
+    return load_tokenizer(resolve_plm(config.model.plm))
+
+
+def test_student_and_teacher_score_columns_align_with_self_negatives_and_pre_batch(tiny_config, tmp_path):
+    """A student that is an exact copy of its teacher must produce the very same score matrix, column for column,
+    in-batch, pre-batch and self-negative blocks included, over several steps (the queues fill)."""
+    from kgdistill.api import load_model, train
+
+    config = tiny_config(loss__pre_batch=1, loss__self_negative=True, distill__alpha=0.5, distill__beta=0.0)
+    train(config, tmp_path / "t", evaluate_after=False, progress=False)
+    teacher, _, _ = load_model(tmp_path / "t")
+    student = copy.deepcopy(teacher)
+    objective, data = _objective(config, teacher, student)
+    objective.eval()
+    examples = data.train_set()
+    for step in range(3):
+        batch = examples.batch(np.arange(step * 8, step * 8 + 8), with_heads=True)
+        _, logs = objective(batch)
+        assert logs["l_score"] < 1e-10, (step, logs)
+    assert objective.loss.queue.entities.ge(0).all()
+
+
+def test_clean_student_input_scores_clean_text_on_both_sides(tiny_config, tmp_path):
+    """With student_input=clean and a student identical to the teacher, L_SCORE is zero even at a high mask rate:
+    both score the same clean text (the old code compared the student's clean scores with masked teacher scores)."""
+    from kgdistill.api import load_model, train
+
+    config = tiny_config(distill__student_input="clean", distill__mgfd="pooled")
+    train(config, tmp_path / "t", evaluate_after=False, progress=False)
+    teacher, _, _ = load_model(tmp_path / "t")
+    objective, data = _objective(config, teacher, copy.deepcopy(teacher), mask_rate=0.5)
+    objective.eval()
+    _, logs = objective(data.train_set().batch(np.arange(8), with_heads=True))
+    assert logs["l_score"] < 1e-10 and logs["l_mgfd"] < 1e-10
+
+
+def test_teacher_gets_no_gradient(tiny_config, tmp_path):
+    from kgdistill.api import DataContext, build_model, train
+    from kgdistill.training.distillation import DistillationObjective
+    from kgdistill.losses.contrastive import InfoNCELoss
+
+    config = tiny_config(train__max_steps=2)
+    train(config, tmp_path / "t", evaluate_after=False, progress=False)
+    from kgdistill.api import load_model
+
+    teacher, _, _ = load_model(tmp_path / "t")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    config.model.num_layers = 2
+    student, tokenizer = build_model(config, teacher=teacher)
+    data = DataContext(config, tokenizer)
+    loss = InfoNCELoss(student, config.loss, data.known_train, 8)
+    objective = DistillationObjective(student, teacher, loss, config.distill, 0.2, tokenizer.mask_token_id).train()
+    out, logs = objective(data.train_set().batch(torch.arange(8).numpy()))
+    out.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not teacher.training
+    trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable), \
+        [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0]  # every student weight learns
+    assert logs["l_mgfd"] > 0 and logs["l_score"] > 0  # a 2-layer student does not score like its 4-layer teacher
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("ablation, rate, terms", [
+    ("none", 0.2, [("ce", 0.8), ("score", 0.1), ("mgfd", 0.1)]),
+    ("no-mgfd", 0.0, [("ce", 0.8), ("score", 0.1)]),  # the CE weight stays 0.8: everything else equal
+    ("fixed-mask", 0.3, [("ce", 0.8), ("score", 0.1), ("mgfd", 0.1)]),
+    ("logit-only", 0.0, [("ce", 0.8), ("logit-score", 0.1)]),
+    ("direct", 0.0, [("ce", 1.0)]),
+])
+def test_ablations_are_presets_of_the_term_list(tiny_config, ablation, rate, terms):
+    from kgdistill.training.distillation import needs_teacher, stage_terms
+
+    config = tiny_config(distill__alpha=0.1, distill__beta=0.1, distill__ablation=ablation,
+                         distill__fixed_mask_rate=0.3)
+    got_rate, got_terms = stage_terms(config.distill, 0.2)
+    assert got_rate == rate and [(n, pytest.approx(w)) for n, w in got_terms] == terms
+    assert needs_teacher(got_terms) == (ablation != "direct")
+
+
+def test_logit_only_scores_kl_on_logits_whatever_the_config_says(tiny_config, tmp_path):
+    from kgdistill.api import load_model, train
+
+    config = tiny_config(distill__ablation="logit-only", distill__score_loss="mse", distill__score_on="cosine")
+    train(config, tmp_path / "t", evaluate_after=False, progress=False)
+    teacher, _, _ = load_model(tmp_path / "t")
+    objective, _ = _objective(config, teacher, copy.deepcopy(teacher), mask_rate=0.0)
+    names = [term.name for term in objective.terms]
+    score = objective.terms[names.index("logit-score")]
+    assert (score.on, score.loss.kind) == ("logits", "kl")
+
+
+def test_every_accepted_ablation_has_a_preset():
+    from kgdistill.config import _CHOICES
+    from kgdistill.training.distillation import ABLATIONS
+
+    assert set(ABLATIONS) == _CHOICES["distill.ablation"]
