@@ -18,7 +18,7 @@ import pytest
 from conftest import tiny_overrides, train_args
 from kgdistill.cli import main
 from kgdistill.io import atomic_write_bytes, replace_dir, save_tensors, verify_manifest
-from kgdistill.training.checkpoint import LAST
+from kgdistill.runfolder import RunFolder
 
 SIX_STEPS = tiny_overrides(train__max_steps=6, train__checkpoint_every=2, distill__stage_steps=None)
 
@@ -94,8 +94,8 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def checkpoint_step(run: Path) -> int:
-    verify_manifest(run / LAST)
-    return json.loads((run / LAST / "trainer_state" / "state.json").read_text())["progress"]["step"]
+    verify_manifest(run / RunFolder.LAST)
+    return json.loads((run / RunFolder.LAST / "trainer_state" / "state.json").read_text())["progress"]["step"]
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoint
@@ -105,9 +105,9 @@ def test_checkpoint_write_fails_cleanly_and_the_previous_checkpoint_resumes(call
     """The second checkpoint (step 4) fails; the first (step 2) stays whole and a resume finishes the run."""
     run = tmp_path / "run"
     if call == "replace":  # the swap itself: checkpoint-last already moved aside, the new one cannot take its place
-        hits = lambda p: p == str(run / LAST) and (run / f"{LAST}.old").exists()  # noqa: E731
+        hits = lambda p: p == str(run / RunFolder.LAST) and (run / f"{RunFolder.LAST}.old").exists()  # noqa: E731
     else:  # a file of the checkpoint being staged, once the first one is on disk
-        hits = lambda p: f"/.{LAST}." in p and (run / LAST / "manifest.json").exists()  # noqa: E731
+        hits = lambda p: f"/.{RunFolder.LAST}." in p and (run / RunFolder.LAST / "manifest.json").exists()  # noqa: E731
     failed = inject(monkeypatch, call, code, hits)
     rc, err = run_cli(run_args(env, run), capsys)
     assert failed, "the fault never fired"

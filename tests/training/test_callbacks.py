@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from kgdistill.training.callbacks import Callback
-from kgdistill.training.trainer import BEST, LAST
+from kgdistill.runfolder import RunFolder
 
 
 class Recorder(Callback):
@@ -44,8 +44,9 @@ def test_hooks_come_in_order_and_the_log_stays_the_source_of_truth(tiny_config, 
         assert events.index(("validate", step, ["valid_acc@1", "valid_loss"])) < \
             events.index(next(e for e in events if e[0] == "step" and e[1] == step))
     saves = [e[1:] for e in events if e[0] == "save"]
-    assert (2, LAST) in saves and (4, LAST) in saves and (2, BEST) in saves
-    assert saves.index((2, BEST)) < saves.index((2, LAST))  # checkpoint-last records that step's validation
+    assert (2, RunFolder.LAST) in saves and (4, RunFolder.LAST) in saves and (2, RunFolder.BEST) in saves
+    # checkpoint-last records that step's validation
+    assert saves.index((2, RunFolder.BEST)) < saves.index((2, RunFolder.LAST))
     lines = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [(x["step"], "loss" in x) for x in lines] == [(2, True), (2, False), (4, True), (4, False)]
     assert [e[1] for e in events if e[0] == "step" and e[4]] == [2, 4]  # a record exactly where the log has one

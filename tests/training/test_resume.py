@@ -28,7 +28,8 @@ from kgdistill.config import build_config, parse_overrides
 from kgdistill.errors import CheckpointError, KGDistillError
 from kgdistill.io import verify_manifest
 from kgdistill.training.objectives import ContrastiveObjective
-from kgdistill.training.trainer import BEST, LAST, Trainer
+from kgdistill.training.trainer import Trainer
+from kgdistill.runfolder import RunFolder
 
 
 TOTAL_STEPS = 12  # the tiny KG has 84 training queries: 10 steps an epoch, so the run crosses an epoch boundary
@@ -89,7 +90,7 @@ def _metrics(run: Path) -> dict:
 
 
 def assert_same_run(expected: Path, got: Path, optimizer_state: bool = True) -> None:
-    for name in (LAST, BEST):
+    for name in (RunFolder.LAST, RunFolder.BEST):
         want, have = _tensors(expected / name), _tensors(got / name)
         if not optimizer_state:
             want, have = ({k: v for k, v in d.items() if not k.startswith("trainer_state/")} for d in (want, have))
@@ -124,9 +125,9 @@ def test_interrupted_run_resumes_to_identical_weights(variant, checkpoint_every,
         if where == "after-save":
             real_save = Trainer.save
 
-            def save(self, name=LAST):
+            def save(self, name=RunFolder.LAST):
                 real_save(self, name)
-                if name == LAST and self.step == crash_step:
+                if name == RunFolder.LAST and self.step == crash_step:
                     raise Crash(f"after checkpoint {self.step}")
 
             mp.setattr(Trainer, "save", save)
@@ -141,7 +142,7 @@ def test_interrupted_run_resumes_to_identical_weights(variant, checkpoint_every,
             mp.setattr(ContrastiveObjective, "forward", forward)
         with pytest.raises(Crash):
             train(config, run, progress=False)
-    saved = json.loads((run / LAST / "trainer_state" / "state.json").read_text(encoding="utf-8"))["progress"]
+    saved = json.loads((run / RunFolder.LAST / "trainer_state" / "state.json").read_text(encoding="utf-8"))["progress"]
     expected_step = crash_step if where == "after-save" else (crash_step // checkpoint_every) * checkpoint_every
     assert saved["step"] == expected_step
     assert not (run / "metrics.json").exists()
@@ -174,9 +175,9 @@ def test_resume_gives_identical_weights(tiny_config, tmp_path, monkeypatch):
     original = trainer_module.Trainer.save
     calls = {"n": 0}
 
-    def crash_after_second_checkpoint(self, name=trainer_module.LAST):
+    def crash_after_second_checkpoint(self, name=RunFolder.LAST):
         original(self, name)
-        if name == trainer_module.LAST:
+        if name == RunFolder.LAST:
             calls["n"] += 1
             if calls["n"] == 2:
                 raise KeyboardInterrupt
@@ -212,7 +213,7 @@ def _last_step(log: Path, offset: int) -> int:
 
 def _checkpoint_on_disk_is_sound(run: Path) -> int:
     """The finished checkpoint a resume would use (the '.old' one if the kill fell between the two renames)."""
-    folder = run / LAST if (run / LAST).exists() else run / f"{LAST}.old"
+    folder = run / RunFolder.LAST if (run / RunFolder.LAST).exists() else run / f"{RunFolder.LAST}.old"
     verify_manifest(folder)
     return json.loads((folder / "trainer_state" / "state.json").read_text(encoding="utf-8"))["progress"]["step"]
 
@@ -245,7 +246,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted_run(env, bas
         proc, out = launch(resume=attempt > 0, attempt=attempt)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if (run / LAST).exists() and _last_step(log, offset) >= target:
+            if (run / RunFolder.LAST).exists() and _last_step(log, offset) >= target:
                 break
             time.sleep(0.005)
         time.sleep(delay)
@@ -296,7 +297,7 @@ def test_pipeline_killed_mid_stage_resumes_that_stage_and_redoes_no_finished_one
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child_env)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if (grade / LAST).exists() and _last_step(grade / "train_log.jsonl", 0) >= 2:
+            if (grade / RunFolder.LAST).exists() and _last_step(grade / "train_log.jsonl", 0) >= 2:
                 break
             time.sleep(0.005)
         assert proc.poll() is None, (tmp_path / "first.log").read_text(errors="replace")[-2000:]
@@ -322,7 +323,7 @@ def test_resume_cleans_torn_log_lines_and_stale_temp_folders(env, baseline, tmp_
     run = tmp_path / "run"
     shutil.copytree(baseline("default"), run)
     log = run / "train_log.jsonl"
-    state = json.loads((run / LAST / "trainer_state" / "state.json").read_text())
+    state = json.loads((run / RunFolder.LAST / "trainer_state" / "state.json").read_text())
     assert state["progress"]["step"] == TOTAL_STEPS
     with open(log, "a", encoding="utf-8") as handle:
         handle.write('{"step": 99, "loss": 1.0}\n{"step": 3, "lo')  # a redone step and a line torn by a kill

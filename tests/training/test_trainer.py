@@ -7,7 +7,7 @@ import json
 
 def test_valid_ranking_logs_mrr_and_best_checkpoint_follows_it(tiny_config, tmp_path):
     from kgdistill.jobs.train import train
-    from kgdistill.training.checkpoint import BEST
+    from kgdistill.runfolder import RunFolder
 
     outcome = train(tiny_config(train__valid_ranking=True, train__validate_every=2), tmp_path / "t", progress=False,
                     evaluate_after=False)
@@ -16,4 +16,4 @@ def test_valid_ranking_logs_mrr_and_best_checkpoint_follows_it(tiny_config, tmp_
     assert [r["step"] for r in curve] == [2, 4, 6]
     assert all(0 < r["valid_mrr"] <= 1 and r["valid_hits@1"] <= r["valid_hits@10"] for r in curve)
     assert outcome.train.best_valid == max(r["valid_mrr"] for r in curve)
-    assert (tmp_path / "t" / BEST).exists()
+    assert (tmp_path / "t" / RunFolder.BEST).exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import KGDistillError
 from ..io import probe_writable
-from ..training.checkpoint import LAST
+from ..runfolder import RunFolder
 
 
 def check_output_dir(path: str | None, flag: str) -> None:
@@ -28,7 +28,7 @@ def check_output_dir(path: str | None, flag: str) -> None:
 
 def check_new_run(path: str, resume: bool, flag: str = "--output-dir") -> None:
     """A folder that already holds a run is continued only with --resume."""
-    if (Path(path) / LAST).exists() and not resume:
+    if (Path(path) / RunFolder.LAST).exists() and not resume:
         raise KGDistillError(f"{path}: already holds a run; pass --resume to continue it or choose another {flag}")
 
 

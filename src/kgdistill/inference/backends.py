@@ -18,12 +18,11 @@ from ..io import check_inside, sha256_file
 from ..models.biencoder import BiEncoder, Encoded
 from .index import model_fingerprint
 
-EXPORT_META = RunFolder.EXPORT
 
 
 def read_export_meta(folder: Path) -> dict:
     """An export folder's ``export.json``; empty for any other model folder."""
-    path = folder / EXPORT_META
+    path = folder / RunFolder.EXPORT
     if not path.is_file():
         return {}
     try:
@@ -103,7 +102,7 @@ class OnnxBiEncoder:
         paths = [folder / files["query"], folder / files["entity"]]
         for path in paths:
             if not path.is_file():
-                raise KGDistillError(f"{path}: missing (listed in {EXPORT_META})")
+                raise KGDistillError(f"{path}: missing (listed in {RunFolder.EXPORT})")
         return cls(paths[0], paths[1], getattr(model, "pooling", "mean"), model_info(model))
 
     def _run(self, which: str, batch: EncoderBatch) -> Encoded:

@@ -7,17 +7,17 @@ from ..config import RunConfig
 from ..evaluation.ranking import EvaluationResult
 from ..models.biencoder import BiEncoder
 from ..runtime import pick_device
-from ..training.checkpoint import BEST
 from ..store.context import DataContext
 from ..store.saved import load_model, model_config, run_dir_of
+from ..runfolder import RunFolder
 
 
 def evaluate_in_run(run_dir: Path, data: DataContext, model: BiEncoder, config: RunConfig,
                     progress: bool = True) -> EvaluationResult:
     """Evaluate a run's just-trained model (its best checkpoint with ``eval.checkpoint=best``); writes
     ``metrics.json`` into the run folder."""
-    if config.eval.checkpoint == "best" and (run_dir / BEST).exists():
-        model = BiEncoder.load(run_dir / BEST)
+    if config.eval.checkpoint == "best" and (run_dir / RunFolder.BEST).exists():
+        model = BiEncoder.load(run_dir / RunFolder.BEST)
     result = data.evaluator().evaluate(model.to(pick_device(config.train.device)), progress=progress)
     result.save(run_dir)
     return result

@@ -48,8 +48,7 @@ from ..store.model_card import write_model_card
 from ..store.saved import model_config, resolve_model_dir, run_dir_of
 from ..models.biencoder import BiEncoder, load_model_tokenizer
 from ..results import Result
-from ..training.checkpoint import BEST, LAST
-from ..inference.backends import EXPORT_META, ExportUnavailableError, OnnxBiEncoder, _onnxruntime
+from ..inference.backends import ExportUnavailableError, OnnxBiEncoder, _onnxruntime
 from ..inference.predictor import Predictor
 
 log = logging.getLogger("kgdistill")
@@ -142,7 +141,7 @@ def _check_output(output: Path, source: Path) -> None:
     if output.exists():
         if not output.is_dir():
             raise KGDistillError(f"output {output}: exists and is not a folder")
-        if any(output.iterdir()) and not (output / EXPORT_META).is_file():
+        if any(output.iterdir()) and not (output / RunFolder.EXPORT).is_file():
             raise KGDistillError(f"output {output}: not empty and not a previous export; choose another folder")
     try:
         probe_writable(output.parent)  # where the export is staged, then renamed into place
@@ -154,7 +153,8 @@ def _copy_run_files(source: Path, config: RunConfig, same_dataset: bool, stage: 
     """The run's metrics and provenance, beside the export for its model card; the metrics only when they were
     measured on the exported checkpoint and dataset."""
     run_dir = run_dir_of(source)
-    evaluated = BEST if config.eval.checkpoint == "best" and (run_dir / BEST).is_dir() else LAST
+    best = config.eval.checkpoint == "best" and (run_dir / RunFolder.BEST).is_dir()
+    evaluated = RunFolder.BEST if best else RunFolder.LAST
     metrics_apply = same_dataset and (source == run_dir or source.name == evaluated)
     for name in (RunFolder.METRICS, RunFolder.RUN_INFO, RunFolder.SUMMARY):
         if (run_dir / name).is_file() and (name != RunFolder.METRICS or metrics_apply):
@@ -188,7 +188,7 @@ class ExportResult(Result):
 
     def save(self, folder: str | Path) -> Path:
         """``export.json``."""
-        atomic_write_json(Path(folder) / EXPORT_META, self.meta)
+        atomic_write_json(Path(folder) / RunFolder.EXPORT, self.meta)
         return Path(folder)
 
 
@@ -233,7 +233,7 @@ def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", 
         report: dict = {"format": EXPORT_FORMAT, "version": 1, "export_format": format, "quantize": quantize,
                         "dataset": data_rel, "dataset_name": kg.name, "source": str(source.resolve()),
                         "weights_sha256": sha256_file(stage / "model.safetensors")}
-        atomic_write_json(stage / EXPORT_META, report)
+        atomic_write_json(stage / RunFolder.EXPORT, report)
         predictor = Predictor.from_pretrained(stage, index_dtype=index_dtype, device="cpu", progress=progress,
                                               save_index=False)
         predictor.index.save(stage / "index", "entities")  # saved here, not by the predictor: a failure is an error
@@ -261,14 +261,14 @@ def export_model(model_dir: str | Path, output: str | Path, format: str = "hf", 
                 log.info("ONNX int8 vs PyTorch fp32 max abs diff of the vectors: %s",
                          onnx_report["int8_max_abs_diff_vs_pytorch"])
             report["onnx"] = onnx_report
-            atomic_write_json(stage / EXPORT_META, report)
+            atomic_write_json(stage / RunFolder.EXPORT, report)
             onnx_predictor = Predictor.from_pretrained(stage, backend="onnx", index_dtype=index_dtype, device="cpu",
                                                        save_index=False)
             stem = "entities-onnx" + ("-int8" if quantize == "int8" else "")
             onnx_predictor.index.save(stage / "index", stem)
             report["onnx"]["index"] = {"files": [f"index/{stem}.npy", f"index/{stem}.json"],
                                        "model_fingerprint": onnx_predictor.fingerprint}
-        atomic_write_json(stage / EXPORT_META, report)
+        atomic_write_json(stage / RunFolder.EXPORT, report)
         _copy_run_files(source, config, dataset is None, stage)
         write_model_card(stage, name=output.name)
         write_manifest(stage, exclude=REWRITTEN)  # last: it covers every file above

@@ -15,12 +15,10 @@ from ..runfolder import RunFolder
 from ..store.model_card import write_model_card
 from ..store.saved import load_model
 from ..training.callbacks import Callback, StepEnd
-from ..training.checkpoint import LAST
 from ..training.trackers import make_trackers
 from .distill import check_gradient_cache, distill
 from .train import train
 
-STAGE_DONE = RunFolder.STAGE_DONE
 log = logging.getLogger("kgdistill")
 
 
@@ -68,14 +66,14 @@ def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, t
     folders: dict[str, Path] = {}
     for index, stage in enumerate(stages):
         stage_dir = out / stage.name
-        marker = stage_dir / STAGE_DONE
+        marker = stage_dir / RunFolder.STAGE_DONE
         if stage.kind == "teacher" and teacher is not None:
             folders[stage.name] = Path(teacher)
             continue
         if marker.is_file():
             log.info("[%s] finished earlier; not redone", stage.name)
         else:
-            resume = (stage_dir / LAST).exists()
+            resume = (stage_dir / RunFolder.LAST).exists()
             log.info("[%s] %s: %d layers, %s%s", stage.name, "resuming" if resume else "starting", stage.layers,
                      stage.kind, "" if stage.mask_rate is None else f", mask rate {stage.mask_rate:.2f}")
             callbacks = [_StageEstimate(stages, index, default_steps)]
@@ -85,7 +83,7 @@ def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, t
                 distill(stage_run_config(config, stage, folders[stage.teacher]), stage_dir, resume=resume,
                         progress=progress, callbacks=callbacks, tracker=tracker)
             write_model_card(stage_dir)
-            RunFolder(stage_dir).write_json(STAGE_DONE, {"done": True, "stage": stage.__dict__})
+            RunFolder(stage_dir).write_json(RunFolder.STAGE_DONE, {"done": True, "stage": stage.__dict__})
         folders[stage.name] = stage_dir
     report = build_report([(s.name, folders[s.name], s.kind) for s in stages])
     report.save(out)

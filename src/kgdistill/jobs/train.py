@@ -15,12 +15,12 @@ from ..losses.contrastive import InfoNCELoss
 from ..models.builder import build_model
 from ..results import Result
 from ..training.callbacks import Callback
-from ..training.checkpoint import LAST
 from ..training.objectives import ContrastiveObjective
 from ..training.trackers import make_trackers
 from ..training.trainer import Trainer, TrainResult, write_run_info
 from ..store.context import DataContext
 from .evaluate import evaluate_in_run
+from ..runfolder import RunFolder
 
 
 @dataclass
@@ -65,7 +65,7 @@ def guard_output(run_dir: Path, resume: bool) -> None:
     checkpoints."""
     if distributed.is_main():
         lock_folder(run_dir)
-    if (run_dir / LAST).exists() and not resume:
+    if (run_dir / RunFolder.LAST).exists() and not resume:
         raise KGDistillError(f"{run_dir}: already holds a run; pass resume=True to continue it or choose another "
                              f"output_dir")
 

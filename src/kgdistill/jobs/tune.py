@@ -37,9 +37,9 @@ from ..errors import ConfigError, KGDistillError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, lock_folder
 from ..results import Result, figure_png
 from ..training.callbacks import Callback, StepEnd, selection_metric
-from ..training.checkpoint import LAST
 from .pipeline import pipeline
 from .train import train
+from ..runfolder import RunFolder
 
 STUDY = "study.db"
 STUDY_NAME = "kgdistill-tune"
@@ -188,7 +188,7 @@ class PruneOnValidation(Callback):
 
     def on_step_end(self, trainer, step: StepEnd) -> None:
         if self.prune:
-            trainer.save(LAST)
+            trainer.save(RunFolder.LAST)
             raise _optuna().TrialPruned(f"pruned at step {step.step}")
 
 

@@ -9,7 +9,6 @@ from ..errors import KGDistillError
 from ..runfolder import RunFolder
 from ..store.saved import load_run_config, read_run_files, resolve_model_dir
 from ..results import Result, figure_png
-from ..training.callbacks import LOG_NAME
 from ..training.distillation import stage_terms
 
 
@@ -67,7 +66,7 @@ def check_comparable(rows: list[dict]) -> None:
 def teacher_status(run_dir: Path, window: float = 0.25, tolerance: float = 0.005) -> dict:
     """Whether the teacher finished learning, from its own valid-MRR curve (``train.valid_ranking``): converged when
     valid MRR moved less than ``tolerance`` over the last ``window`` of its steps."""
-    log_path = Path(run_dir) / LOG_NAME
+    log_path = Path(run_dir) / RunFolder.LOG
     curve = []
     if log_path.is_file():
         for line in log_path.read_text(encoding="utf-8").splitlines():

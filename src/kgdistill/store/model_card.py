@@ -14,7 +14,6 @@ from ..models.plm import resolve_plm
 from ..runfolder import RunFolder
 from .saved import RunFiles, load_run_config, read_run_files
 
-CARD = RunFolder.CARD
 METRICS = ("mrr", "hits@1", "hits@3", "hits@10", "mr")
 METRIC_NAMES = {"mrr": "MRR", "hits@1": "Hits@1", "hits@3": "Hits@3", "hits@10": "Hits@10", "mr": "MR"}
 VARIANTS = {"no_rerank": "without re-ranking", "rerank": "with graph re-ranking"}
@@ -40,7 +39,7 @@ def _plm_licence(plm: str) -> str | None:
     """The ``license`` of the PLM's own model card, when its folder is here and has one."""
     try:
         folder = resolve_plm(plm)
-        return front_matter((folder / CARD).read_text(encoding="utf-8")).get("license")
+        return front_matter((folder / RunFolder.CARD).read_text(encoding="utf-8")).get("license")
     except (KGDistillError, OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
 
@@ -203,6 +202,6 @@ def write_model_card(folder: str | Path, name: str | None = None) -> Path:
         f"- Data ({dataset}): {DATA_LICENCES.get(dataset, 'not recorded by kgdistill; see its own terms')}.",
         "- The weights derive from both; their terms apply to this model.", ""]
     text = "---\n" + yaml.safe_dump(head, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
-    path = folder / CARD
+    path = folder / RunFolder.CARD
     atomic_write_text(path, text)
     return path

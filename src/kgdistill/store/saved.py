@@ -13,7 +13,6 @@ from ..config import RunConfig, config_from_dict
 from ..errors import CheckpointError, KGDistillError
 from ..models.biencoder import BiEncoder, load_model_tokenizer
 from ..runfolder import RunFolder
-from ..training.checkpoint import BEST, LAST
 
 
 def resolve_model_dir(path: str | Path, checkpoint: str = "last") -> Path:
@@ -21,15 +20,15 @@ def resolve_model_dir(path: str | Path, checkpoint: str = "last") -> Path:
     path = Path(path)
     if (path / "model.json").is_file():
         return path
-    for name in ([LAST, BEST] if checkpoint == "last" else [BEST, LAST]):
+    for name in ([RunFolder.LAST, RunFolder.BEST] if checkpoint == "last" else [RunFolder.BEST, RunFolder.LAST]):
         if (path / name / "model.json").is_file():
             return path / name
-    raise CheckpointError(f"{path}: no model here (expected model.json or a {LAST}/ folder)")
+    raise CheckpointError(f"{path}: no model here (expected model.json or a {RunFolder.LAST}/ folder)")
 
 
 def run_dir_of(model_dir: Path) -> Path:
     """The run folder of a checkpoint folder; any other model folder is its own."""
-    return model_dir.parent if model_dir.name in (LAST, BEST) else model_dir
+    return model_dir.parent if model_dir.name in (RunFolder.LAST, RunFolder.BEST) else model_dir
 
 
 def load_run_config(model_dir: Path) -> RunConfig | None:

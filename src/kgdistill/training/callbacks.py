@@ -23,7 +23,6 @@ from ..runfolder import RunFolder
 if TYPE_CHECKING:
     from .trainer import Trainer, TrainResult
 
-LOG_NAME = RunFolder.LOG
 
 
 @dataclass
@@ -86,7 +85,7 @@ class JsonlLog(Callback):
 
     def on_train_begin(self, trainer: Trainer) -> None:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
-        self.handle = open(trainer.run_dir / LOG_NAME if trainer.rank == 0 else os.devnull, "a", encoding="utf-8")
+        self.handle = open(trainer.run_dir / RunFolder.LOG if trainer.rank == 0 else os.devnull, "a", encoding="utf-8")
 
     def on_step_end(self, trainer: Trainer, step: StepEnd) -> None:
         for record in (step.record, None if step.validation is None else {"step": step.step, **step.validation}):

@@ -7,12 +7,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..runfolder import RunFolder
 from ..errors import CheckpointError
 from ..io import atomic_write_json, save_tensors
 
 STATE_DIR = "trainer_state"
-LAST, BEST = RunFolder.LAST, RunFolder.BEST  # a run folder's two checkpoints
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

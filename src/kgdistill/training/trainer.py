@@ -31,9 +31,9 @@ from ..models.biencoder import BiEncoder
 from ..models.fast_dropout import use_fast_dropout
 from ..results import Result
 from ..runtime import autocast, pick_device, precision_info, set_threads
-from .callbacks import (LOG_NAME, Callback, Checkpointing, EarlyStopping, JsonlLog, ProgressBar, StepEnd,
-                        TrainerControl, TrainerState)
-from .checkpoint import BEST, LAST, load_training_state, save_training_state
+from .callbacks import (Callback, Checkpointing, EarlyStopping, JsonlLog, ProgressBar, StepEnd, TrainerControl,
+                        TrainerState)
+from .checkpoint import load_training_state, save_training_state
 from .objectives import Objective
 
 
@@ -173,7 +173,7 @@ class Trainer:
         return {k: v for k, v in self.objective.state_dict().items()
                 if not k.startswith(("model.", "teacher."))}
 
-    def save(self, name: str = LAST) -> None:
+    def save(self, name: str = RunFolder.LAST) -> None:
         """Write ``checkpoint-last`` (with the training state, for resume) or ``checkpoint-best`` (the model alone)."""
         if self.rank != 0:
             return
@@ -184,14 +184,14 @@ class Trainer:
             save_training_state(folder, self.optimizer, self.scheduler, self._objective_state(), progress)
 
         self.objective.model.save(self.run_dir / name, self.tokenizer,
-                                  extra=extra if name == LAST else None)
+                                  extra=extra if name == RunFolder.LAST else None)
         for callback in self.callbacks_in_use:
             callback.on_save(self, name, self.run_dir / name)
 
     def resume(self) -> bool:
         """Restore the last checkpoint if there is one; returns whether training resumed."""
-        folder = recover_dir(self.run_dir / LAST)
-        for stale in [*self.run_dir.glob(f".{LAST}.*"), *self.run_dir.glob(f".{BEST}.*")]:
+        folder = recover_dir(self.run_dir / RunFolder.LAST)
+        for stale in [*self.run_dir.glob(f".{RunFolder.LAST}.*"), *self.run_dir.glob(f".{RunFolder.BEST}.*")]:
             shutil.rmtree(stale, ignore_errors=True)  # half-written by a killed process
         if not folder.exists():
             return False
@@ -207,7 +207,7 @@ class Trainer:
             raise CheckpointError(f"{folder}: saved for {progress.get('total_steps')} steps but this run has "
                                   f"{self.total_steps}; resume with the same config")
         self.state.step = int(progress["step"])
-        log_path = self.run_dir / LOG_NAME
+        log_path = self.run_dir / RunFolder.LOG
         if log_path.is_file():  # drop records of steps after the checkpoint: they are redone
             kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and _logged_step(line) <= self.state.step]
@@ -260,7 +260,7 @@ class Trainer:
             if not tc.skip_nonfinite:
                 raise NonFiniteLossError(
                     f"non-finite loss ({float(loss.detach())}) at step {self.state.step}; last good checkpoint kept in "
-                    f"{self.run_dir / LAST} (lower train.lr or set train.skip_nonfinite=true)")
+                    f"{self.run_dir / RunFolder.LAST} (lower train.lr or set train.skip_nonfinite=true)")
             self.state.skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
         else:
@@ -280,9 +280,9 @@ class Trainer:
     def _act(self) -> None:
         """Carry out what the callbacks asked for (:class:`TrainerControl`), then clear the requests."""
         if self.control.should_save_best:
-            self.save(BEST)
+            self.save(RunFolder.BEST)
         if self.control.should_save:
-            self.save(LAST)
+            self.save(RunFolder.LAST)
         self.control.should_save = self.control.should_save_best = False
 
     def train(self) -> TrainResult:
