@@ -6,16 +6,19 @@ Loads the model in this process and times ``Predictor.predict_tails`` (no HTTP);
 ``--seconds`` (or ``--requests`` requests, whichever comes first): ``--clients`` concurrent clients, or with
 ``--slow-senders M`` M connections that trickle a request body (a byte every ``--trickle-interval`` seconds,
 reconnecting when answered) while one ordinary client sends requests. Throughout the load phase /health is polled
-and timed: it must stay fast while the model is busy. Then the server is stopped. Queries are (head, relation)
+and timed: it must stay fast while the model is busy; with ``--health-port`` it is polled on the server's probe
+listener as well, beside the main port, by a prober of its own. Then the server is stopped. Queries are (head, relation)
 pairs of the dataset's test split (the dataset the predictor loads with ``load_dataset``), the same for every phase.
 Prints a table; ``--json-out`` writes every number. Run it with nothing else using the CPU:
 
     python bench/serve_load.py --model runs/teacher-quick --clients 200 --seconds 60 --json-out runs/serve-load.json
+    python bench/serve_load.py --model runs/teacher-quick --clients 200 --seconds 60 --health-port 0
     python bench/serve_load.py --model runs/teacher-quick --slow-senders 300 --seconds 60
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -49,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu or cuda, for the server and the in-process predictor (default: theirs)")
     p.add_argument("--url", help="a server already running on a loopback address (default: start one on 127.0.0.1)")
     p.add_argument("--port", type=int, help="port of the started server (default: a free one)")
+    p.add_argument("--health-port", type=int,
+                   help="the server's probe port ('kgdistill serve --health-port', given to a started server; 0: a "
+                        "free one): /health is probed there too (default: the main port only)")
     p.add_argument("--serve-args", default="", help="more arguments for 'kgdistill serve', e.g. '--max-batch 16'")
     p.add_argument("--api-key", help="the server's API key (given to the started server, sent by every client)")
     p.add_argument("--k", type=int, default=10, help="answers per query; default %(default)s")
@@ -76,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')}: must be 0 or more")
     if args.requests is not None and args.requests < 1:
         p.error("--requests: must be positive")
+    if args.health_port is not None and not 0 <= args.health_port <= 65535:
+        p.error("--health-port: expected 0..65535")
+    if args.url and args.health_port == 0:
+        p.error("--health-port 0: a free port only for a started server (with --url, give the server's)")
     if args.url and not is_loopback(httpx.URL(args.url).host):
         p.error("--url: the load test only targets a loopback address (127.0.0.1, ::1, localhost)")
     return args
@@ -142,12 +152,15 @@ def time_sequential(url: str, queries: list[dict], warmup: int, timeout: float, 
 
 
 def probe_health(url: str, stop, timeout: float, answers) -> None:
-    """/health every HEALTH_INTERVAL seconds until ``stop``, on one keep-alive connection, as a prober would. It runs
-    in a process of its own: a thread beside hundreds of client threads would time this process's GIL queue, not
-    the server."""
+    """/health at once, then every HEALTH_INTERVAL seconds until ``stop``, on one keep-alive connection, as a prober
+    would. It runs in a process of its own: a thread beside hundreds of client threads would time this process's GIL
+    queue, not the server. What it inherits from this process is frozen: a collection scanning it would be timed too."""
+    gc.freeze()
     with httpx.Client(base_url=url, timeout=timeout) as client:
-        while not stop.wait(HEALTH_INTERVAL):
+        while True:
             answers.put(_request(client, "GET", "/health"))
+            if stop.wait(HEALTH_INTERVAL):
+                break
     answers.put(None)
 
 
@@ -181,12 +194,11 @@ def slow_sender(host: str, port: int, stop_at: float, interval: float, outcomes:
             time.sleep(max(0.0, min(interval, stop_at - time.perf_counter())))
 
 
-def time_load(url: str, queries: list[dict], args, headers: dict) -> dict:
+def time_load(url: str, queries: list[dict], args, headers: dict, health_url: str | None) -> dict:
     """The load phase: clients (or one client beside slow senders) until ``--seconds`` or ``--requests``, /health
-    polled meanwhile."""
+    polled meanwhile on the main port (and on ``health_url``)."""
     lock = threading.Lock()
     answers: list[tuple[str, float]] = []
-    health: list[tuple[str, float]] = []
     slow: Counter = Counter()
     sent = 0
     stop_at = time.perf_counter() + args.seconds
@@ -213,11 +225,16 @@ def time_load(url: str, queries: list[dict], args, headers: dict) -> dict:
         t.start()
     if senders:
         time.sleep(min(args.trickle_interval, args.seconds / 4))  # the slow senders hold their connections first
-    fork = multiprocessing.get_context("fork")  # the prober only speaks HTTP: no torch in the child
-    stop_health, health_queue = fork.Event(), fork.Queue()
-    prober = fork.Process(target=probe_health, args=(url, stop_health, args.client_timeout, health_queue),
-                           daemon=True)
-    prober.start()
+    fork = multiprocessing.get_context("fork")  # a prober only speaks HTTP: no torch in the child
+    stop_health = fork.Event()
+    targets = {"health": url, **({"health_port": health_url} if health_url else {})}
+    probers = {}
+    for name, target_url in targets.items():
+        queue = fork.Queue()
+        prober = fork.Process(target=probe_health, args=(target_url, stop_health, args.client_timeout, queue),
+                              daemon=True)
+        prober.start()
+        probers[name] = (prober, queue)
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(clients)]
     start = time.perf_counter()
     for t in threads:
@@ -226,11 +243,12 @@ def time_load(url: str, queries: list[dict], args, headers: dict) -> dict:
         t.join()
     seconds = time.perf_counter() - start
     stop_health.set()
-    health.extend(iter(health_queue.get, None))
-    prober.join()
+    report = {"clients": clients, **_report(answers, seconds)}
+    for name, (prober, queue) in probers.items():
+        report[name] = _report(list(iter(queue.get, None)), seconds)
+        prober.join()
     for t in senders:
         t.join(args.trickle_interval + args.client_timeout)
-    report = {"clients": clients, **_report(answers, seconds), "health": _report(health, seconds)}
     if senders:
         report["slow_senders"] = {"connections": args.slow_senders, "trickle_interval": args.trickle_interval,
                                   "outcomes": dict(sorted(slow.items()))}
@@ -265,6 +283,7 @@ def start_server(args, port: int, log: Path) -> subprocess.Popen:
            "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--dataset", args.dataset] if args.dataset else []
     cmd += ["--device", args.device] if args.device else []
+    cmd += ["--health-port", str(args.health_port)] if args.health_port else []
     cmd += shlex.split(args.serve_args)
     env = {**os.environ, "KGDISTILL_API_KEY": args.api_key} if args.api_key else None  # kept out of ps
     with log.open("wb") as out:  # a file, not a pipe: the access log must never block the server
@@ -287,6 +306,8 @@ def print_table(report: dict) -> None:
             else f"http {load['clients']} clients")
     rows = [("in-process", report["in_process"]), ("http sequential", report["sequential"]), (name, load),
             ("/health meanwhile", load["health"])]
+    if "health_port" in load:
+        rows.append(("/health on health port", load["health_port"]))
     print(f"{'phase':<24} {'n':>6} {'qps':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  status")
     for label, r in rows:
         stats = " ".join(f"{r[key]:8.2f}" if key in r else f"{'-':>8}" for key in ("qps", "p50_ms", "p99_ms", "max_ms"))
@@ -299,6 +320,8 @@ def print_table(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.health_port == 0:
+        args.health_port = _free_port()
     predictor = Predictor.from_pretrained(args.model, args.dataset, args.checkpoint, device=args.device, progress=True)
     queries = draw_queries(predictor.kg, max(args.sequential, args.requests or 0), args.k, args.seed)
     report = {"settings": {k: v for k, v in vars(args).items() if k not in ("json_out", "api_key")},
@@ -321,7 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
                             "health": wait_ready(url, server, log, args.startup_timeout)}
         report["sequential"] = time_sequential(url, queries[:args.sequential], args.warmup, args.client_timeout,
                                                headers)
-        report["load"] = time_load(url, queries, args, headers)
+        health_url = str(httpx.URL(url).copy_with(port=args.health_port)).rstrip("/") if args.health_port else None
+        report["load"] = time_load(url, queries, args, headers, health_url)
     finally:
         if server is not None:
             stop_server(server)

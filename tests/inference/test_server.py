@@ -359,7 +359,7 @@ def test_serve_load_script_end_to_end(predictor, tmp_path, monkeypatch):
     out = tmp_path / "load.json"
     report = _serve_load().main(["--model", predictor.info["model_dir"], "--device", "cpu", "--sequential", "10",
                                  "--warmup", "2", "--requests", "20", "--clients", "4", "--seconds", "60",
-                                 "--api-key", "bench-key", "--json-out", str(out)])
+                                 "--api-key", "bench-key", "--health-port", "0", "--json-out", str(out)])
     saved = json.loads(out.read_text())
     assert saved == report and "api_key" not in saved["settings"]
     assert saved["errors_5xx"] == 0
@@ -369,6 +369,7 @@ def test_serve_load_script_end_to_end(predictor, tmp_path, monkeypatch):
         assert 0 < saved[phase]["p50_ms"] <= saved[phase]["p99_ms"] <= saved[phase]["max_ms"]
         assert saved[phase]["qps"] > 0
     assert saved["load"]["clients"] == 4 and set(saved["load"]["health"]["status"]) <= {"200"}
+    assert saved["load"]["health_port"]["n"] > 0 and set(saved["load"]["health_port"]["status"]) == {"200"}
     assert saved["server"]["started"] and saved["server"]["health"]["entities"] == predictor.kg.num_entities
 
 
@@ -388,3 +389,5 @@ def test_serve_load_script_only_targets_loopback():
     with pytest.raises(SystemExit):
         _serve_load().parse_args(["--model", "m", "--url", "http://192.0.2.1:8000"])
     assert _serve_load().parse_args(["--model", "m", "--url", "http://[::1]:8000"]).url
+    with pytest.raises(SystemExit):
+        _serve_load().parse_args(["--model", "m", "--url", "http://[::1]:8000", "--health-port", "0"])

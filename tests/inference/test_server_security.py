@@ -1,10 +1,12 @@
-"""HTTP service under hostile use: a hub query's bounded work and answer, /health and /ready while the model is busy,
-slow senders (408, through a real uvicorn), API key, Host headers, strict JSON errors, Prometheus metrics and the
-``serve`` options."""
+"""HTTP service under hostile use: a hub query's bounded work and answer, /health and /ready while the model is busy
+and on a listener of their own, slow senders of bodies and of headers (408, through a real uvicorn), refusals past
+the concurrency limit, API key, Host headers, strict JSON errors, Prometheus metrics and the ``serve`` options."""
 from __future__ import annotations
 
+import gc
 import json
 import math
+import re
 import socket
 import threading
 import time
@@ -21,6 +23,7 @@ pytest.importorskip("prometheus_client", reason="the HTTP service needs promethe
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from prometheus_client import generate_latest  # noqa: E402
 
 from conftest import make_tiny_kg, train_tiny  # noqa: E402
 from kgdistill.cli import main  # noqa: E402
@@ -144,9 +147,11 @@ def test_ready_is_503_outside_the_lifespan(predictor):
 
 # ---------------------------------------------------------------------------------------------------- slow senders
 @contextmanager
-def live(app):
-    """The app in a real uvicorn on a free loopback port (body handling, connection close)."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+def live(app, **options):
+    """The app in a real uvicorn on a free loopback port, with serve()'s protocol (body handling, connection close,
+    head deadline, concurrency limit); ``options``: ``uvicorn_config``'s."""
+    server = uvicorn.Server(server_module.uvicorn_config(app, "127.0.0.1", 0, app.state.metrics, log_level="warning",
+                                                         lifespan="on", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     end = time.monotonic() + 30
@@ -154,14 +159,40 @@ def live(app):
         assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
         time.sleep(0.02)
     try:
-        yield server.servers[0].sockets[0].getsockname()[1]
+        yield server
     finally:
         server.should_exit = True
         thread.join(30)
 
 
+def port_of(server: uvicorn.Server) -> int:
+    return server.servers[0].sockets[0].getsockname()[1]
+
+
+def read_response(conn: socket.socket) -> bytes:
+    """One HTTP response (head, and a body of Content-Length bytes) from a raw connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: *(\d+)", head, re.IGNORECASE).group(1))
+    while len(body) < length:
+        body += conn.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
+def read_until_closed(conn: socket.socket) -> bytes:
+    answer = b""
+    while chunk := conn.recv(4096):
+        answer += chunk
+    return answer
+
+
 def test_slow_sender_gets_408_and_the_connection_closes(predictor):
-    with live(create_app(predictor, receive_timeout=0.5)) as port:
+    with live(create_app(predictor, receive_timeout=0.5)) as server:
+        port = port_of(server)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
             slow.sendall(b"POST /predict/tails HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 100\r\n\r\n{")
@@ -169,12 +200,98 @@ def test_slow_sender_gets_408_and_the_connection_closes(predictor):
             ok = httpx.post(f"http://127.0.0.1:{port}/predict/tails", json={"head": "E1", "relation": "hypernym"},
                             timeout=10)
             assert ok.status_code == 200  # an ordinary client is served meanwhile
-            answer = b""
-            while chunk := slow.recv(4096):  # read until the server closes the connection
-                answer += chunk
+            answer = read_until_closed(slow)
             assert 0.4 < time.monotonic() - start < 5
         assert answer.startswith(b"HTTP/1.1 408") and b"connection: close" in answer.lower()
         assert b"not received within 0.5 s" in answer
+
+
+def test_request_head_deadline_closes_silent_and_trickling_connections(predictor):
+    app = create_app(predictor, receive_timeout=5.0)
+    with live(app, header_timeout=0.5) as server:
+        address = ("127.0.0.1", port_of(server))
+        with socket.create_connection(address, timeout=10) as silent, \
+                socket.create_connection(address, timeout=10) as slow:
+            opened = time.monotonic()
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert read_response(slow).startswith(b"HTTP/1.1 200")
+            head = iter(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")  # the next request's, a byte at a time: 4 s
+            slow.settimeout(0.1)
+            slow.sendall(bytes([next(head)]))
+            started = time.monotonic()
+            ok = httpx.post(f"http://{address[0]}:{address[1]}/predict/tails",
+                            json={"head": "E1", "relation": "hypernym"}, timeout=10)
+            assert ok.status_code == 200  # an ordinary client is served meanwhile
+            answer = b""
+            while True:
+                try:
+                    chunk = slow.recv(4096)
+                except socket.timeout:
+                    byte = next(head, None)
+                    assert byte is not None, "not cut off at the head deadline"
+                    slow.sendall(bytes([byte]))
+                    continue
+                if not chunk:
+                    break
+                answer += chunk
+            assert 0.4 < time.monotonic() - started < 3
+            assert answer.startswith(b"HTTP/1.1 408") and b"connection: close" in answer.lower()
+            assert b"request head not received within 0.5 s" in answer
+            assert read_until_closed(silent).startswith(b"HTTP/1.1 408")  # nothing sent at all: the same deadline
+            assert time.monotonic() - opened < 3
+        with socket.create_connection(address, timeout=10) as conn:  # the head's deadline: a body may take longer
+            body = json.dumps({"head": "E1", "relation": "hypernym"}).encode()
+            conn.sendall(b"POST /predict/tails HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))
+            time.sleep(0.8)
+            conn.sendall(body)
+            assert read_response(conn).startswith(b"HTTP/1.1 200")
+    assert app.state.metrics.registry.get_sample_value("kgdistill_http_refused_total",
+                                                       {"reason": "header_timeout"}) == 2
+
+
+def test_refusals_past_the_concurrency_limit_are_counted(predictor):
+    app = create_app(predictor)
+    with live(app, limit_concurrency=2) as server, \
+            socket.create_connection(("127.0.0.1", port_of(server)), timeout=10) as held:
+        held.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert read_response(held).startswith(b"HTTP/1.1 200")  # kept alive: one connection of the two
+        refused = httpx.get(f"http://127.0.0.1:{port_of(server)}/health", timeout=10)
+        assert refused.status_code == 503 and refused.json() == {"detail": server_module.OVERLOADED}
+        assert refused.headers["connection"] == "close"
+    text = generate_latest(app.state.metrics.registry).decode()
+    assert 'kgdistill_http_refused_total{reason="concurrency"} 1.0' in text
+    assert 'kgdistill_http_requests_total{path="/health",status="200"} 1.0' in text  # the refusal is not the app's
+    assert 'status="503"' not in text
+
+
+# ---------------------------------------------------------------------------------------------------- probe listener
+def test_probe_listener_answers_from_the_apps_state_and_sees_a_stuck_loop(predictor, monkeypatch):
+    monkeypatch.setattr(server_module, "HEARTBEAT_INTERVAL", 0.05)
+    monkeypatch.setattr(server_module, "LOOP_STALL_TIMEOUT", 0.5)
+    app = create_app(predictor)
+    stopping = threading.Event()
+    with live(app) as server, server_module.probe_listener(app, "127.0.0.1", 0, stopping.is_set) as probe_port:
+        main, probes = f"http://127.0.0.1:{port_of(server)}", f"http://127.0.0.1:{probe_port}"
+        assert httpx.get(f"{probes}/health").json() == httpx.get(f"{main}/health").json()
+        assert httpx.get(f"{probes}/ready").json() == {"status": "ready"}
+        assert httpx.get(f"{probes}/health", headers={"host": "evil.example"}).status_code == 400
+        assert httpx.get(f"{probes}/metrics").status_code == 404  # the probes only
+        stopping.set()  # the main server shuts down: no longer ready, still alive
+        assert httpx.get(f"{probes}/ready").status_code == 503
+        assert httpx.get(f"{probes}/health").status_code == 200
+        stopping.clear()
+        server.servers[0].get_loop().call_soon_threadsafe(time.sleep, 1.5)  # the main loop stuck for 1.5 s
+        end = time.monotonic() + 1.3
+        while (health := httpx.get(f"{probes}/health")).status_code == 200:
+            assert time.monotonic() < end, "the probe listener did not notice the stuck loop"
+            time.sleep(0.05)
+        assert health.status_code == 503 and "event loop has not run" in health.json()["detail"]
+        assert httpx.get(f"{probes}/ready").status_code == 503
+        end = time.monotonic() + 10
+        while httpx.get(f"{probes}/health").status_code != 200:
+            assert time.monotonic() < end, "the probe listener did not see the loop run again"
+            time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------------------- authentication
@@ -264,21 +381,45 @@ def test_metrics_count_requests_latency_queue_and_batches(predictor):
     assert 'kgdistill_http_request_seconds_count{path="/predict/tails"} 4.0' in text
     assert "kgdistill_batcher_queue_depth 0.0" in text
     assert "kgdistill_batch_size_count 3.0" in text and "kgdistill_batch_size_sum 3.0" in text
+    assert 'kgdistill_http_refused_total{reason="concurrency"} 0.0' in text  # uvicorn's refusals, none here
 
 
 # ---------------------------------------------------------------------------------------------------- serve options
-def test_serve_passes_limits_and_warns_without_a_key_beyond_localhost(predictor, monkeypatch, caplog):
+def test_serve_passes_limits_runs_probes_and_warns_without_a_key_beyond_localhost(predictor, monkeypatch, caplog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        health_port = s.getsockname()[1]
     runs = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: runs.append((app, kwargs)))
+    real_run = uvicorn.Server.run
+
+    def probe(path: str) -> int | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{health_port}{path}").status_code
+        except httpx.ConnectError:
+            return None
+
+    def run(server: uvicorn.Server, sockets=None) -> None:
+        if server.config.port != 8123:  # the probe listener's
+            return real_run(server, sockets)
+        runs.append((server.config, [probe("/health"), probe("/ready")]))
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    freezes = []
+    monkeypatch.setattr(gc, "freeze", lambda: freezes.append(len(runs)))  # the test process's heap stays as it is
     server_module.serve(predictor, "0.0.0.0", 8123, allowed_hosts=["kg.example"], graceful_shutdown=7,
-                        receive_timeout=3.0)
+                        receive_timeout=3.0, header_timeout=4.0, limit_concurrency=99)
     assert "without an API key" in caplog.text
-    app, kwargs = runs[-1]
-    assert kwargs["timeout_graceful_shutdown"] == 7 and kwargs["host"] == "0.0.0.0"
-    with TestClient(app, base_url="http://kg.example") as c:
+    config, probes = runs[-1]
+    assert config.timeout_graceful_shutdown == 7 and config.host == "0.0.0.0" and config.limit_concurrency == 99
+    assert config.http.func is server_module.GuardedH11Protocol and config.http.keywords["header_timeout"] == 4.0
+    assert probes == [None, None]  # no health port, no probe listener
+    assert freezes == [0]  # the loaded model out of the collections, before the server runs
+    with TestClient(config.app, base_url="http://kg.example") as c:
         assert c.get("/health").status_code == 200
     caplog.clear()
-    server_module.serve(predictor, "127.0.0.1", 8123)
+    server_module.serve(predictor, "127.0.0.1", 8123, health_port=health_port)
+    assert runs[-1][1] == [200, 503]  # answered while the main server runs; ready once its lifespan has started
+    assert probe("/health") is None  # and gone with it
     server_module.serve(predictor, "0.0.0.0", 8123, api_key=KEY)
     assert "without an API key" not in caplog.text
 
@@ -290,5 +431,8 @@ def test_cli_serve_checks_key_and_hosts_before_loading(tmp_path, monkeypatch, ca
     monkeypatch.setenv("KGDISTILL_API_KEY", "has space")
     assert main(["serve", "--model", str(tmp_path)]) == 2
     assert "printable ASCII" in capsys.readouterr().err
-    assert main(["serve", "--model", str(tmp_path), "--receive-timeout", "0"]) == 2
-    assert "--receive-timeout" in capsys.readouterr().err
+    for flags in (["--receive-timeout", "0"], ["--header-timeout", "-1"], ["--health-port", "8000"],
+                  ["--health-port", "70000"]):
+        assert main(["serve", "--model", str(tmp_path), *flags]) == 2
+        err = capsys.readouterr().err
+        assert flags[0] in err and len(err.strip().splitlines()) == 1, err

@@ -170,10 +170,12 @@ def cmd_serve(args) -> None:
     _require_fastapi()
     if not 1 <= args.port <= 65535:
         raise KGDistillError(f"--port {args.port}: expected 1..65535")
+    if args.health_port is not None and not (1 <= args.health_port <= 65535 and args.health_port != args.port):
+        raise KGDistillError(f"--health-port {args.health_port}: expected 1..65535, not --port")
     for flag, value in (("--max-body-bytes", args.max_body_bytes), ("--request-timeout", args.request_timeout),
-                        ("--receive-timeout", args.receive_timeout), ("--max-batch", args.max_batch),
-                        ("--limit-concurrency", args.limit_concurrency), ("--keep-alive", args.keep_alive),
-                        ("--graceful-timeout", args.graceful_timeout)):
+                        ("--receive-timeout", args.receive_timeout), ("--header-timeout", args.header_timeout),
+                        ("--max-batch", args.max_batch), ("--limit-concurrency", args.limit_concurrency),
+                        ("--keep-alive", args.keep_alive), ("--graceful-timeout", args.graceful_timeout)):
         if not value > 0:
             raise KGDistillError(f"{flag}: must be positive")
     if not args.batch_wait_ms >= 0:
@@ -183,13 +185,14 @@ def cmd_serve(args) -> None:
         check_api_key(api_key)
     host_patterns(args.allowed_host)  # checked before the model loads
     predictor = _load_predictor(args)
+    probes = f"; /health and /ready also on port {args.health_port}" if args.health_port else ""
     print(f"serving {predictor.kg.name} ({predictor.num_entities} entities) on http://{args.host}:{args.port} "
-          f"(OpenAPI: /docs; API key {'required' if api_key else 'off'})", file=sys.stderr)
+          f"(OpenAPI: /docs; API key {'required' if api_key else 'off'}{probes})", file=sys.stderr)
     serve(predictor, args.host, args.port, allowed_hosts=args.allowed_host, api_key=api_key,
           limit_concurrency=args.limit_concurrency, timeout_keep_alive=args.keep_alive,
-          graceful_shutdown=args.graceful_timeout, max_body_bytes=args.max_body_bytes,
-          request_timeout=args.request_timeout, receive_timeout=args.receive_timeout, max_batch=args.max_batch,
-          max_wait_ms=args.batch_wait_ms)
+          graceful_shutdown=args.graceful_timeout, header_timeout=args.header_timeout, health_port=args.health_port,
+          max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
+          receive_timeout=args.receive_timeout, max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms)
 
 
 def add_commands(sub) -> None:
@@ -238,6 +241,12 @@ def add_commands(sub) -> None:
     p.add_argument("--keep-alive", type=int, default=5, help="idle keep-alive timeout in seconds; default %(default)s")
     p.add_argument("--receive-timeout", type=float, default=10.0,
                    help="seconds to receive a request body once its headers are in, else 408; default %(default)s")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds to receive a request's line and headers, else 408 and the connection closed; "
+                        "default %(default)s")
+    p.add_argument("--health-port", type=int,
+                   help="answer /health and /ready on this port too, from a listener of their own that does not "
+                        "wait for the main port's busy event loop (default: none)")
     p.add_argument("--graceful-timeout", type=int, default=10,
                    help="seconds in-flight requests get to finish on shutdown; default %(default)s")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every path but /health and /ready "
