@@ -1,13 +1,17 @@
 """HTTP service under hostile use: a hub query's bounded work and answer, /health and /ready while the model is busy
-and on a listener of their own, slow senders of bodies and of headers (408, through a real uvicorn), refusals past
-the concurrency limit, API key, Host headers, strict JSON errors, Prometheus metrics and the ``serve`` options."""
+and from a probe process of their own, slow senders of bodies and of headers (408, through a real uvicorn), refusals
+past the concurrency limit, API key, Host headers, strict JSON errors, Prometheus metrics and the ``serve`` options."""
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import math
 import re
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +34,7 @@ from kgdistill.cli import main  # noqa: E402
 from kgdistill.data.batching import KnownTails  # noqa: E402
 from kgdistill.data.dataset import SPLITS  # noqa: E402
 from kgdistill.errors import KGDistillError  # noqa: E402
+from kgdistill.inference import listeners  # noqa: E402
 from kgdistill.inference import server as server_module  # noqa: E402
 from kgdistill.inference.predictor import Predictor  # noqa: E402
 from kgdistill.inference.server import create_app, host_patterns  # noqa: E402
@@ -142,7 +147,7 @@ def test_ready_is_503_outside_the_lifespan(predictor):
     assert TestClient(app, base_url=LOCAL).get("/ready").status_code == 503  # no 'with': never started
     with TestClient(app, base_url=LOCAL) as c:
         assert c.get("/ready").status_code == 200
-    assert app.state.ready is False
+    assert app.state.liveness.ready is False
 
 
 # ---------------------------------------------------------------------------------------------------- slow senders
@@ -150,8 +155,8 @@ def test_ready_is_503_outside_the_lifespan(predictor):
 def live(app, **options):
     """The app in a real uvicorn on a free loopback port, with serve()'s protocol (body handling, connection close,
     head deadline, concurrency limit); ``options``: ``uvicorn_config``'s."""
-    server = uvicorn.Server(server_module.uvicorn_config(app, "127.0.0.1", 0, app.state.metrics, log_level="warning",
-                                                         lifespan="on", **options))
+    server = uvicorn.Server(server_module.uvicorn_config(app, "127.0.0.1", 0, app.state.metrics.refused,
+                                                         log_level="warning", lifespan="on", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     end = time.monotonic() + 30
@@ -257,7 +262,7 @@ def test_refusals_past_the_concurrency_limit_are_counted(predictor):
         held.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert read_response(held).startswith(b"HTTP/1.1 200")  # kept alive: one connection of the two
         refused = httpx.get(f"http://127.0.0.1:{port_of(server)}/health", timeout=10)
-        assert refused.status_code == 503 and refused.json() == {"detail": server_module.OVERLOADED}
+        assert refused.status_code == 503 and refused.json() == {"detail": listeners.OVERLOADED}
         assert refused.headers["connection"] == "close"
     text = generate_latest(app.state.metrics.registry).decode()
     assert 'kgdistill_http_refused_total{reason="concurrency"} 1.0' in text
@@ -265,33 +270,93 @@ def test_refusals_past_the_concurrency_limit_are_counted(predictor):
     assert 'status="503"' not in text
 
 
-# ---------------------------------------------------------------------------------------------------- probe listener
-def test_probe_listener_answers_from_the_apps_state_and_sees_a_stuck_loop(predictor, monkeypatch):
+# ---------------------------------------------------------------------------------------------------- probe process
+def test_probe_process_answers_like_the_main_port_from_shared_state(predictor, monkeypatch):
     monkeypatch.setattr(server_module, "HEARTBEAT_INTERVAL", 0.05)
-    monkeypatch.setattr(server_module, "LOOP_STALL_TIMEOUT", 0.5)
     app = create_app(predictor)
-    stopping = threading.Event()
-    with live(app) as server, server_module.probe_listener(app, "127.0.0.1", 0, stopping.is_set) as probe_port:
+    liveness = app.state.liveness
+    with live(app) as server, listeners.probe_process(liveness, server_module.health_info(predictor),
+                                                      app.state.allowed_hosts, "127.0.0.1", 0) as probe_port:
         main, probes = f"http://127.0.0.1:{port_of(server)}", f"http://127.0.0.1:{probe_port}"
         assert httpx.get(f"{probes}/health").json() == httpx.get(f"{main}/health").json()
-        assert httpx.get(f"{probes}/ready").json() == {"status": "ready"}
+        assert httpx.get(f"{probes}/ready").json() == httpx.get(f"{main}/ready").json() == {"status": "ready"}
         assert httpx.get(f"{probes}/health", headers={"host": "evil.example"}).status_code == 400
         assert httpx.get(f"{probes}/metrics").status_code == 404  # the probes only
-        stopping.set()  # the main server shuts down: no longer ready, still alive
-        assert httpx.get(f"{probes}/ready").status_code == 503
+        liveness.stopping = True  # the main server shuts down: no longer ready, still alive
+        assert httpx.get(f"{probes}/ready").status_code == httpx.get(f"{main}/ready").status_code == 503
         assert httpx.get(f"{probes}/health").status_code == 200
-        stopping.clear()
-        server.servers[0].get_loop().call_soon_threadsafe(time.sleep, 1.5)  # the main loop stuck for 1.5 s
-        end = time.monotonic() + 1.3
-        while (health := httpx.get(f"{probes}/health")).status_code == 200:
-            assert time.monotonic() < end, "the probe listener did not notice the stuck loop"
-            time.sleep(0.05)
-        assert health.status_code == 503 and "event loop has not run" in health.json()["detail"]
+        liveness.stopping = False
+        stuck = threading.Event()
+        server.servers[0].get_loop().call_soon_threadsafe(lambda: stuck.set() or time.sleep(1.5))
+        assert stuck.wait(10)  # the main loop is stuck: its heartbeat is not stamped
+        liveness.heartbeat -= listeners.LOOP_STALL_TIMEOUT + 1
+        health = httpx.get(f"{probes}/health")
+        assert health.status_code == 503 and "event loop has not run for 11 s" in health.json()["detail"]
         assert httpx.get(f"{probes}/ready").status_code == 503
         end = time.monotonic() + 10
-        while httpx.get(f"{probes}/health").status_code != 200:
-            assert time.monotonic() < end, "the probe listener did not see the loop run again"
+        while httpx.get(f"{probes}/health").status_code != 200:  # the loop runs again and stamps its heartbeat
+            assert time.monotonic() < end, "the probe process did not see the loop run again"
             time.sleep(0.05)
+    assert liveness.ready is False  # the lifespan ended
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{probes}/health")  # stopped with the block
+
+
+def test_serve_marks_the_app_stopping_once_uvicorn_decides_to_exit(predictor):
+    app = create_app(predictor)
+    server = server_module._Server(server_module.uvicorn_config(app, "127.0.0.1", 0, None), app.state.liveness)
+    assert asyncio.run(server.on_tick(1)) is False and app.state.liveness.stopping is False
+    server.should_exit = True  # a signal, before the graceful wait for in-flight requests
+    assert asyncio.run(server.on_tick(1)) is True and app.state.liveness.stopping is True
+
+
+def test_probe_process_keeps_the_header_deadline_and_reports_a_port_it_cannot_use():
+    liveness = listeners.Liveness()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(KGDistillError, match=f"health port {port}: could not listen on 127.0.0.1: .*in use"):
+            with listeners.probe_process(liveness, {}, ["127.0.0.1"], "127.0.0.1", port):
+                pytest.fail("listening on a taken port")
+    with listeners.probe_process(liveness, {}, ["127.0.0.1"], "127.0.0.1", 0, header_timeout=0.3) as probe_port:
+        with socket.create_connection(("127.0.0.1", probe_port), timeout=10) as conn:
+            conn.sendall(b"GET /health HTTP/1.1\r\n")  # and no more
+            assert read_response(conn).startswith(b"HTTP/1.1 408 ")
+
+
+def test_probe_process_exits_when_the_serving_process_is_killed(predictor, tmp_path):
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    port, health_port = ports
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    with (tmp_path / "serve.log").open("wb") as log:
+        serving = subprocess.Popen([sys.executable, "-m", "kgdistill", "serve", "--model", predictor.info["model_dir"],
+                                    "--device", "cpu", "--port", str(port), "--health-port", str(health_port)],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        end = time.monotonic() + 120
+        while True:
+            assert serving.poll() is None and time.monotonic() < end, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{health_port}/ready").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                pass
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200
+    finally:
+        serving.kill()  # SIGKILL: no finally, no atexit in the serving process
+        serving.wait()
+    end = time.monotonic() + 5
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{health_port}/health", timeout=1)
+        except httpx.TransportError:
+            break  # the probe process is gone with its parent
+        assert time.monotonic() < end, "the probe process outlived the serving process"
+        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------------------------------- authentication
@@ -390,7 +455,6 @@ def test_serve_passes_limits_runs_probes_and_warns_without_a_key_beyond_localhos
         s.bind(("127.0.0.1", 0))
         health_port = s.getsockname()[1]
     runs = []
-    real_run = uvicorn.Server.run
 
     def probe(path: str) -> int | None:
         try:
@@ -399,8 +463,6 @@ def test_serve_passes_limits_runs_probes_and_warns_without_a_key_beyond_localhos
             return None
 
     def run(server: uvicorn.Server, sockets=None) -> None:
-        if server.config.port != 8123:  # the probe listener's
-            return real_run(server, sockets)
         runs.append((server.config, [probe("/health"), probe("/ready")]))
 
     monkeypatch.setattr(uvicorn.Server, "run", run)
@@ -411,8 +473,8 @@ def test_serve_passes_limits_runs_probes_and_warns_without_a_key_beyond_localhos
     assert "without an API key" in caplog.text
     config, probes = runs[-1]
     assert config.timeout_graceful_shutdown == 7 and config.host == "0.0.0.0" and config.limit_concurrency == 99
-    assert config.http.func is server_module.GuardedH11Protocol and config.http.keywords["header_timeout"] == 4.0
-    assert probes == [None, None]  # no health port, no probe listener
+    assert config.http.func is listeners.GuardedH11Protocol and config.http.keywords["header_timeout"] == 4.0
+    assert probes == [None, None]  # no health port, no probe process
     assert freezes == [0]  # the loaded model out of the collections, before the server runs
     with TestClient(config.app, base_url="http://kg.example") as c:
         assert c.get("/health").status_code == 200

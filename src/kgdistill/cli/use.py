@@ -245,8 +245,8 @@ def add_commands(sub) -> None:
                    help="seconds to receive a request's line and headers, else 408 and the connection closed; "
                         "default %(default)s")
     p.add_argument("--health-port", type=int,
-                   help="answer /health and /ready on this port too, from a listener of their own that does not "
-                        "wait for the main port's busy event loop (default: none)")
+                   help="answer /health and /ready on this port too, from a small process of their own that waits "
+                        "neither for the main port's busy event loop nor for its GIL (default: none)")
     p.add_argument("--graceful-timeout", type=int, default=10,
                    help="seconds in-flight requests get to finish on shutdown; default %(default)s")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every path but /health and /ready "

@@ -9,8 +9,9 @@
 - ``GET /health`` (liveness), ``GET /ready`` (200 once serving, 503 before and after), ``GET /metrics``
   (Prometheus); the OpenAPI spec at ``/openapi.json``, its UI at ``/docs``.
 
-``serve()`` can answer /health and /ready on a port of their own as well (:func:`create_probe_app`, served by a
-second event loop in a thread): there a probe does not wait for its turn among the busy connections of the main loop.
+``serve()`` can answer /health and /ready on a port of their own as well, from a process of its own that reads the
+main loop's heartbeat and the readiness from shared memory (:mod:`~kgdistill.inference.listeners`): there a probe
+waits neither for its turn among the busy connections of the main loop nor for the serving process's GIL.
 
 An entity is an id, a name, or ``{"name": ..., "description": ...}`` for an entity the model has never seen.
 Unknown entities and relations answer 404, ambiguous names and invalid values 422 (with the candidate ids; a
@@ -18,10 +19,10 @@ validation error names the field and the rule, never echoes the input), malforme
 limit 413, a body not received within the receive deadline 408, a request not answered within the deadline 503, a
 non-finite score 500 (the model is broken). Under ``serve()``, a request head (line and headers) not received within
 the header deadline gets 408 and its connection is closed, and a request past the concurrency limit 503
-(:class:`GuardedH11Protocol`). With an API key every path but ``/health`` and ``/ready`` needs
-``Authorization: Bearer KEY`` (else 401); a Host header outside the allowed hosts gets 400 (DNS rebinding).
-Responses are strict JSON (no NaN). The predictor and its index are loaded before the app is built; no endpoint
-touches the file system.
+(:class:`~kgdistill.inference.listeners.GuardedH11Protocol`). With an API key every path but ``/health`` and
+``/ready`` needs ``Authorization: Bearer KEY`` (else 401); a Host header outside the allowed hosts gets 400 (DNS
+rebinding). Responses are strict JSON (no NaN). The predictor and its index are loaded before the app is built; no
+endpoint touches the file system.
 
 Prediction and score requests are resolved one by one (their errors are their own), then queued to a
 :class:`~kgdistill.inference.batching.MicroBatcher`: requests that arrive while the model is busy are answered by one
@@ -34,16 +35,17 @@ import functools
 import gc
 import hmac
 import ipaddress
-import json
 import logging
 import math
-import threading
 import time
-from contextlib import ExitStack, asynccontextmanager, contextmanager
-from typing import Annotated, Any, Callable, Iterable, Iterator, Literal, Sequence, Union
+from contextlib import ExitStack, asynccontextmanager
+from typing import Annotated, Any, Callable, Iterable, Literal, Union
 
 from ..errors import KGDistillError
 from .batching import MicroBatcher
+from .listeners import (DEFAULT_HEADER_TIMEOUT, NOT_READY, Liveness, _json_bytes, _reject, probe_process,
+                        uvicorn_config)
+from .listeners import json_response as _json
 from .predictor import Prediction, Predictor, ResolvedQuery
 from .vocabulary import AmbiguousEntityError, UnknownEntityError, UnknownRelationError
 
@@ -53,17 +55,11 @@ try:
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
-    from starlette.routing import Route
 except ImportError:  # pragma: no cover - exercised only without the extra
     FastAPI = None
 try:  # serve() only: the app itself runs without uvicorn (fastapi.testclient)
-    import h11
     import uvicorn
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-    from uvicorn.server import ServerState
 except ImportError:  # pragma: no cover - exercised only without the extra
     uvicorn = None
 
@@ -77,7 +73,6 @@ MAX_PREFIX_CHARS = 100
 MAX_K = 1000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_RECEIVE_TIMEOUT = 10.0  # seconds to receive a request body once its headers are in
-DEFAULT_HEADER_TIMEOUT = 10.0  # seconds to receive a request's line and headers
 DEFAULT_REQUEST_TIMEOUT = 30.0  # seconds a request may wait for and use the model
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 2.0
@@ -89,10 +84,7 @@ DEFAULT_GRACEFUL_SHUTDOWN = 10  # seconds in-flight requests get to finish on sh
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 API_KEY_ENV = "KGDISTILL_API_KEY"
 OPEN_PATHS = frozenset({"/health", "/ready"})  # answered without the API key: probes carry no credentials
-NOT_READY = "not ready: starting or shutting down"
-OVERLOADED = "too many connections and requests in flight (the service is overloaded); retry later"
 HEARTBEAT_INTERVAL = 1.0  # seconds between two beats of the event loop's heartbeat
-LOOP_STALL_TIMEOUT = 10.0  # seconds without a heartbeat after which the probe listener says the loop is stuck
 REFUSAL_REASONS = ("concurrency", "header_timeout")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -155,20 +147,6 @@ def is_loopback(host: str) -> bool:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _json_bytes(content) -> bytes:
-    """Strict, ASCII-escaped JSON: no NaN for strict parsers, and a lone surrogate cannot break the response."""
-    return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
-
-
-async def _reject(send, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    """Answer from a middleware, closing the connection: the request's body may be left unread."""
-    body = _json_bytes({"detail": detail})
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *headers]})
-    await send({"type": "http.response.body", "body": body})
 
 
 if FastAPI is not None:
@@ -410,10 +388,6 @@ def _entity_arg(value):
     return value.model_dump() if isinstance(value, BaseModel) else value
 
 
-def _json(status: int, content) -> "Response":
-    return StrictJSONResponse(content, status_code=status)
-
-
 def _error(exc: KGDistillError) -> "Response":
     status = next((code for kind, code in ((RequestTimeoutError, 503), (NonFiniteScoreError, 500),
                                            ((UnknownEntityError, UnknownRelationError), 404))
@@ -431,7 +405,7 @@ def _check_finite(scores: Iterable[float]) -> None:
 
 
 def health_info(predictor: Predictor) -> dict:
-    """/health's answer: what is served (the same on the main and the probe listener)."""
+    """/health's answer: what is served (the same on the main port and the probe port)."""
     return {"status": "ok", "dataset": predictor.kg.name, "entities": predictor.num_entities,
             "relations": predictor.kg.num_relations, "model_fingerprint": predictor.fingerprint,
             "index": predictor.index.faiss_kind or "exact"}
@@ -468,19 +442,20 @@ def create_app(predictor: Predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
 
     batcher = MicroBatcher(run_batch, max_batch, max_wait_ms)
     metrics = Metrics(batcher)
+    liveness = Liveness()
 
     async def heartbeat() -> None:
-        """Stamps ``app.state.heartbeat`` while the event loop runs: the probe listener's sign of a loop not stuck."""
+        """Stamps ``liveness.heartbeat`` while the event loop runs: the probe process's sign of a loop not stuck."""
         while True:
-            app.state.heartbeat = time.monotonic()
+            liveness.heartbeat = time.monotonic()
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     @asynccontextmanager
     async def lifespan(app):
         beating = asyncio.create_task(heartbeat())
-        app.state.ready = True
+        liveness.ready = True
         yield
-        app.state.ready = False
+        liveness.ready = False
         beating.cancel()
         await asyncio.wait([beating])
         await asyncio.to_thread(batcher.close)
@@ -493,8 +468,7 @@ def create_app(predictor: Predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
     app.state.predictor = predictor
     app.state.batcher = batcher
     app.state.metrics = metrics
-    app.state.ready = False
-    app.state.heartbeat = time.monotonic()
+    app.state.liveness = liveness
     app.state.allowed_hosts = hosts
     timeout_detail = f"not answered within {request_timeout:g} s (the service is overloaded); retry later"
     errors = {404: {"model": ErrorOut, "description": "unknown entity or relation"},
@@ -570,7 +544,7 @@ def create_app(predictor: Predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
     @app.get("/ready", response_model=ReadyOut, summary="readiness: model and index loaded, the service started",
              responses={503: {"model": ErrorOut, "description": "starting or shutting down"}})
     async def ready():
-        if not app.state.ready:
+        if not liveness.serving:
             return _json(503, {"detail": NOT_READY})
         return {"status": "ready"}
 
@@ -587,136 +561,19 @@ def create_app(predictor: Predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
     return app
 
 
-def create_probe_app(app: "FastAPI", stopping: Callable[[], bool] = lambda: False) -> "Starlette":
-    """``app``'s /health and /ready, for a listener of their own (``serve(health_port=...)``), read from ``app.state``.
-
-    Answered from another thread, /health must still mean that ``app`` is alive: it is 503 once ``app``'s event loop
-    has not stamped its heartbeat for LOOP_STALL_TIMEOUT seconds (a wedged loop). /ready is 503 then too, before
-    ``app`` starts, once it stops, and while ``stopping()`` (the main server is shutting down)."""
-    state = app.state
-
-    def stalled() -> "Response | None":
-        seconds = time.monotonic() - state.heartbeat
-        if seconds > LOOP_STALL_TIMEOUT:
-            return _json(503, {"detail": f"the service's event loop has not run for {seconds:.0f} s"})
-        return None
-
-    async def health(request):
-        return stalled() or _json(200, health_info(state.predictor))
-
-    async def ready(request):
-        if not state.ready or stopping():
-            return _json(503, {"detail": NOT_READY})
-        return stalled() or _json(200, {"status": "ready"})
-
-    return Starlette(routes=[Route("/health", health), Route("/ready", ready)],
-                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=state.allowed_hosts,
-                                            www_redirect=False)])
-
-
 if uvicorn is not None:
-    class GuardedH11Protocol(H11Protocol):
-        """uvicorn's h11 protocol with what a service on a network needs and uvicorn lacks.
+    class _Server(uvicorn.Server):
+        """uvicorn's server that marks ``liveness`` stopping once it decides to exit, before its graceful wait: the
+        probe port's /ready answers 503 while in-flight requests finish."""
 
-        - A deadline for the request head: a connection whose request line and headers are not all in within
-          ``header_timeout`` seconds of its opening (or of the first byte of a later request on it) is answered 408
-          and closed. uvicorn waits for ever: headers trickled a byte at a time would hold a connection, and a slot
-          of the concurrency limit, for as long as the sender likes. (An idle keep-alive connection is uvicorn's:
-          its keep-alive timeout closes it.)
-        - The concurrency limit (``--limit-concurrency``) tested here, not by uvicorn: uvicorn answers its 503
-          before the app, out of the metrics' sight; here each refusal is counted in ``refused`` and answered in
-          JSON like the app's errors.
-        - ``log_requests=False``: no access log line (the probe listener's: a line per probe is noise, and writing
-          it would wait for the logging lock that the busy main loop holds a line per request).
-        """
+        def __init__(self, config: "uvicorn.Config", liveness: Liveness) -> None:
+            super().__init__(config)
+            self.liveness = liveness
 
-        def __init__(self, config: "uvicorn.Config", server_state: ServerState, app_state: dict[str, Any],
-                     _loop: asyncio.AbstractEventLoop | None = None, *, header_timeout: float, refused: "Counter",
-                     log_requests: bool = True) -> None:
-            super().__init__(config, server_state, app_state, _loop)
-            self.header_timeout = header_timeout
-            self.refused = refused
-            self.access_log = self.access_log and log_requests
-            self.concurrency_limit, self.limit_concurrency = self.limit_concurrency, None  # uvicorn's test is off
-            self.admitted_app, self.app = self.app, self._admit
-            self.head_deadline: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._watch_head()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._watch_head()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_head_deadline()
-            super().connection_lost(exc)
-
-        def _watch_head(self) -> None:
-            """The deadline runs while a request head is awaited after a connection opens or once part of it is in,
-            and stops when the whole head is in (h11 has left IDLE: the app has the request)."""
-            if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
-                self._stop_head_deadline()
-            elif self.head_deadline is None:
-                self.head_deadline = self.loop.call_later(self.header_timeout, self._head_timed_out)
-
-        def _stop_head_deadline(self) -> None:
-            if self.head_deadline is not None:
-                self.head_deadline.cancel()
-                self.head_deadline = None
-
-        def _head_timed_out(self) -> None:
-            """408 written as is (h11 has no request to answer) and the connection closed."""
-            self.head_deadline = None
-            if self.transport.is_closing():
-                return
-            self.refused.labels("header_timeout").inc()
-            body = _json_bytes({"detail": f"request head not received within {self.header_timeout:g} s"})
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
-            self.transport.close()
-
-        async def _admit(self, scope, receive, send) -> None:
-            """uvicorn's test of the limit; ``tasks`` already holds this request's task, hence ``>``."""
-            limit = self.concurrency_limit
-            if limit is not None and (len(self.connections) >= limit or len(self.tasks) > limit):
-                self.refused.labels("concurrency").inc()
-                await _reject(send, 503, OVERLOADED)
-                return
-            await self.admitted_app(scope, receive, send)
-
-
-def uvicorn_config(app, host: str, port: int, metrics: Metrics, *, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-                   log_requests: bool = True, **options: Any) -> "uvicorn.Config":
-    """uvicorn's settings for ``app`` on ``host:port`` with :class:`GuardedH11Protocol` (refusals counted in
-    ``metrics``); ``options``: the rest of ``uvicorn.Config``'s, ``limit_concurrency`` among them."""
-    if not header_timeout > 0:
-        raise ValueError(f"header_timeout: expected a positive number of seconds, got {header_timeout}")
-    protocol = functools.partial(GuardedH11Protocol, header_timeout=header_timeout, refused=metrics.refused,
-                                 log_requests=log_requests)
-    return uvicorn.Config(app, host=host, port=port, http=protocol, **options)
-
-
-@contextmanager
-def probe_listener(app: "FastAPI", host: str, port: int, stopping: Callable[[], bool] = lambda: False,
-                   **options: Any) -> Iterator[int]:
-    """:func:`create_probe_app` of ``app`` on ``host:port``, served by a second uvicorn and event loop in a daemon
-    thread until the block ends, without an access log; yields the port listened on. ``options``:
-    :func:`uvicorn_config`'s."""
-    server = uvicorn.Server(uvicorn_config(create_probe_app(app, stopping), host, port, app.state.metrics,
-                                           log_requests=False, lifespan="off", log_config=None, **options))
-    thread = threading.Thread(target=server.run, name="kgdistill-probes", daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise KGDistillError(f"health port {port}: could not listen on {host} (see the log above)")
-        time.sleep(0.01)
-    try:
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join()
+        async def on_tick(self, counter: int) -> bool:
+            exiting = await super().on_tick(counter)
+            self.liveness.stopping = exiting
+            return exiting
 
 
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, *,
@@ -727,9 +584,10 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, *,
     """Run the app with uvicorn (blocking); over ``limit_concurrency`` connections or requests it answers 503, so an
     overload costs refusals, not unbounded memory; a request head not in within ``header_timeout`` seconds gets 408;
     on shutdown in-flight requests get ``graceful_shutdown`` seconds. With ``health_port``, /health and /ready are
-    answered on that port too, by :func:`probe_listener` (their answers there stay fast when the main loop is busy).
-    The Host headers accepted are the local names, ``host`` and ``allowed_hosts``; ``app_args``: the rest of
-    :func:`create_app`'s options."""
+    answered on that port too, by :func:`~kgdistill.inference.listeners.probe_process` (a process of its own: their
+    answers there stay fast when the main loop is busy; it is spawned, so a script that calls ``serve`` with it
+    needs the ``if __name__ == "__main__":`` guard). The Host headers accepted are the local names, ``host`` and
+    ``allowed_hosts``; ``app_args``: the rest of :func:`create_app`'s options."""
     _require_fastapi()
     if uvicorn is None:
         raise ServeUnavailableError("kgdistill serve needs uvicorn (pip install uvicorn)")
@@ -739,14 +597,16 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, *,
     app = create_app(predictor, api_key=api_key, allowed_hosts=[*LOCAL_HOSTS, host, *allowed_hosts], **app_args)
     # The model's, the index's and the app's objects live as long as the process (about 440,000 for WN18RR): out of
     # every later collection, which would otherwise scan them all, holding the GIL for about 0.3 s and stalling every
-    # request and the probe listener with it (BENCHMARKS.md §6c).
+    # request with it (BENCHMARKS.md §6c).
     gc.collect()
     gc.freeze()
     listener = {"header_timeout": header_timeout, "limit_concurrency": limit_concurrency,
                 "timeout_keep_alive": timeout_keep_alive}
-    server = uvicorn.Server(uvicorn_config(app, host, port, app.state.metrics, log_level="info",
-                                           timeout_graceful_shutdown=graceful_shutdown, **listener))
+    liveness = app.state.liveness
+    server = _Server(uvicorn_config(app, host, port, app.state.metrics.refused, log_level="info",
+                                    timeout_graceful_shutdown=graceful_shutdown, **listener), liveness)
     with ExitStack() as stack:
         if health_port is not None:
-            stack.enter_context(probe_listener(app, host, health_port, lambda: server.should_exit, **listener))
+            stack.enter_context(probe_process(liveness, health_info(predictor), app.state.allowed_hosts, host,
+                                              health_port, **listener))
         server.run()
