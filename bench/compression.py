@@ -123,12 +123,20 @@ class Protocol:
             for fast in (True, False):
                 self.train_teacher(lr, seed, fast)
 
-    def chosen_teacher(self) -> Path:
-        """The teacher the students learn from: the best final valid MRR among the finished teachers when the first
-        student run starts, then frozen in ``decision.json``."""
+    def chosen_teacher(self, given: Path | None = None) -> Path:
+        """The teacher the students learn from: ``given`` (``--teacher``: a finished teacher of another protocol
+        folder, chosen there) or the best final valid MRR among this folder's finished teachers when the first
+        student run starts; then frozen in ``decision.json``."""
         decision = self.out / "decision.json"
         if decision.is_file():
             return Path(json.loads(decision.read_text())["teacher"])
+        if given is not None:
+            from kgdistill.store.saved import load_run_config
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            decision.write_text(json.dumps({"teacher": str(given), "lr": load_run_config(given).train.lr,
+                                            "given": True}, indent=1) + "\n")
+            return given
         done = {lr: self.teacher_dir(lr) for lr in TEACHER_LRS if (self.teacher_dir(lr) / "metrics.json").is_file()}
         if not done:
             sys.exit("no finished teacher: run the teachers phase first")
@@ -137,11 +145,11 @@ class Protocol:
                                         "candidates": {str(p): final_mrr(p) for p in done.values()}}, indent=1) + "\n")
         return done[lr]
 
-    def phase_students(self, only: list[str] | None) -> None:
+    def phase_students(self, only: list[str] | None, given: Path | None = None) -> None:
         import kgdistill
         from kgdistill.config import build_config
 
-        teacher = self.chosen_teacher()
+        teacher = self.chosen_teacher(given)
         print(f"teacher: {teacher} (valid MRR {final_mrr(teacher) * 100:.2f})", flush=True)
         for name, (preset, overrides) in STUDENTS.items():
             run = self.out / name
@@ -156,7 +164,7 @@ class Protocol:
 
     def runs(self) -> list[Path]:
         """Every finished run: teachers first, then each student run's stages."""
-        teachers = sorted(p.parent for p in self.out.glob("teacher-*/metrics.json"))
+        teachers = sorted({*(p.parent for p in self.out.glob("teacher-*/metrics.json")), self.chosen_teacher()})
         stages = sorted(p.parent for p in self.out.glob("*/*/metrics.json") if p.parent.parent.name in STUDENTS)
         return teachers + stages
 
@@ -224,6 +232,8 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, help="start no new run after this many seconds")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides for every student run, e.g. distill.controls=[direct]")
+    parser.add_argument("--teacher", type=Path, help="a finished teacher run to teach the students (instead of "
+                                                     "the teachers phase's choice)")
     parser.add_argument("--summary", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
@@ -239,7 +249,7 @@ def main() -> None:
     if args.phase in ("teachers", "all"):
         protocol.phase_teachers(tuple(args.teacher_lrs))
     if args.phase in ("students", "all"):
-        protocol.phase_students(args.only)
+        protocol.phase_students(args.only, args.teacher)
     if args.phase in ("dropout", "all"):
         protocol.phase_dropout()
     if args.phase in ("test", "all"):  # once, after every choice was made on valid
