@@ -59,8 +59,10 @@ class Protocol:
     """One protocol's settings and its output folder; ``deadline`` (a time.monotonic() value) stops new runs."""
 
     def __init__(self, out: Path, teacher_steps: int, budget: float | None, plm: str | None,
-                 deadline: float | None, student_overrides: dict | None = None) -> None:
+                 deadline: float | None, student_overrides: dict | None = None,
+                 teacher_lrs: tuple[float, ...] = TEACHER_LRS) -> None:
         self.out, self.teacher_steps, self.plm, self.deadline = out, teacher_steps, plm, deadline
+        self.teacher_lrs = teacher_lrs
         self.budget = budget or teacher_steps
         self.student_overrides = student_overrides or {}
 
@@ -111,14 +113,16 @@ class Protocol:
         print(f"teacher lr {lr:g} seed {seed} fast_dropout {fast_dropout} -> {run}", flush=True)
         kgdistill.train(config, run, resume=(run / "checkpoint-last").exists())
 
-    def phase_teachers(self, lrs: tuple[float, ...] = TEACHER_LRS) -> None:
-        for lr in lrs:
+    def phase_teachers(self) -> None:
+        for lr in self.teacher_lrs:
             self.train_teacher(lr)
 
     def phase_dropout(self) -> None:
         """Fast dropout against torch dropout on the chosen teacher's recipe, three seeds each (only the dropout
         stream differs)."""
-        lr = json.loads((self.out / "decision.json").read_text())["lr"]
+        from kgdistill.store.saved import load_run_config
+
+        lr = load_run_config(self.chosen_teacher()).train.lr
         for seed in DROPOUT_SEEDS:
             for fast in (True, False):
                 self.train_teacher(lr, seed, fast)
@@ -131,17 +135,15 @@ class Protocol:
         if decision.is_file():
             return Path(json.loads(decision.read_text())["teacher"])
         if given is not None:
-            from kgdistill.store.saved import load_run_config
-
             self.out.mkdir(parents=True, exist_ok=True)
-            decision.write_text(json.dumps({"teacher": str(given), "lr": load_run_config(given).train.lr,
-                                            "given": True}, indent=1) + "\n")
+            decision.write_text(json.dumps({"teacher": str(given), "given": True}, indent=1) + "\n")
             return given
-        done = {lr: self.teacher_dir(lr) for lr in TEACHER_LRS if (self.teacher_dir(lr) / "metrics.json").is_file()}
+        done = {lr: self.teacher_dir(lr) for lr in self.teacher_lrs
+                if (self.teacher_dir(lr) / "metrics.json").is_file()}
         if not done:
             sys.exit("no finished teacher: run the teachers phase first")
         lr = max(done, key=lambda k: final_mrr(done[k]))
-        decision.write_text(json.dumps({"teacher": str(done[lr]), "lr": lr,
+        decision.write_text(json.dumps({"teacher": str(done[lr]),
                                         "candidates": {str(p): final_mrr(p) for p in done.values()}}, indent=1) + "\n")
         return done[lr]
 
@@ -240,14 +242,15 @@ def main() -> None:
     deadline = time.monotonic() + args.deadline if args.deadline else None
     from kgdistill.config import parse_overrides
 
-    protocol = Protocol(Path(args.out), args.teacher_steps, args.budget, args.plm, deadline, parse_overrides(args.set))
+    protocol = Protocol(Path(args.out), args.teacher_steps, args.budget, args.plm, deadline, parse_overrides(args.set),
+                        tuple(args.teacher_lrs))
     if args.summary:
         print_summary(protocol.summary())
         return
     if args.phase in ("data", "all"):
         protocol.phase_data()
     if args.phase in ("teachers", "all"):
-        protocol.phase_teachers(tuple(args.teacher_lrs))
+        protocol.phase_teachers()
     if args.phase in ("students", "all"):
         protocol.phase_students(args.only, args.teacher)
     if args.phase in ("dropout", "all"):
