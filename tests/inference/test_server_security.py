@@ -155,7 +155,7 @@ def test_ready_is_503_outside_the_lifespan(predictor):
 def live(app, **options):
     """The app in a real uvicorn on a free loopback port, with serve()'s protocol (body handling, connection close,
     head deadline, concurrency limit); ``options``: ``uvicorn_config``'s."""
-    server = uvicorn.Server(server_module.uvicorn_config(app, "127.0.0.1", 0, app.state.metrics.refused,
+    server = uvicorn.Server(server_module.uvicorn_config(app, "127.0.0.1", 0, app.state.metrics.count_refusal,
                                                          log_level="warning", lifespan="on", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -321,6 +321,19 @@ def test_probe_process_keeps_the_header_deadline_and_reports_a_port_it_cannot_us
         with socket.create_connection(("127.0.0.1", probe_port), timeout=10) as conn:
             conn.sendall(b"GET /health HTTP/1.1\r\n")  # and no more
             assert read_response(conn).startswith(b"HTTP/1.1 408 ")
+    assert liveness.probe_refusals == {"concurrency": 0, "header_timeout": 1}  # counted in the probe process
+
+
+def test_metrics_show_the_probe_ports_refusals(predictor):
+    app = create_app(predictor)
+    with TestClient(app, base_url=LOCAL) as c:
+        assert 'kgdistill_probe_refused_total{reason="header_timeout"} 0.0' in c.get("/metrics").text
+        for _ in range(3):
+            app.state.liveness.count_probe_refusal("header_timeout")
+        app.state.liveness.count_probe_refusal("concurrency")
+        text = c.get("/metrics").text
+    assert 'kgdistill_probe_refused_total{reason="header_timeout"} 3.0' in text
+    assert 'kgdistill_probe_refused_total{reason="concurrency"} 1.0' in text
 
 
 def test_probe_process_exits_when_the_serving_process_is_killed(predictor, tmp_path):

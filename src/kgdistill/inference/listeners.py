@@ -20,7 +20,7 @@ import threading
 import time
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import KGDistillError
 
@@ -37,15 +37,13 @@ try:
 except ImportError:  # pragma: no cover - exercised only without the extra
     uvicorn = None
 
-if TYPE_CHECKING:
-    from prometheus_client import Counter
-
 DEFAULT_HEADER_TIMEOUT = 10.0  # seconds to receive a request's line and headers
 LOOP_STALL_TIMEOUT = 10.0  # seconds without a heartbeat after which the probe port says the loop is stuck
 PROBE_START_TIMEOUT = 60.0  # seconds the probe process may take to start and listen
 PARENT_POLL = 1.0  # seconds between two checks of the probe process that its parent still lives
 NOT_READY = "not ready: starting or shutting down"
 OVERLOADED = "too many connections and requests in flight (the service is overloaded); retry later"
+REFUSAL_REASONS = ("concurrency", "header_timeout")  # requests refused before an app saw them
 
 
 def _json_bytes(content) -> bytes:
@@ -67,13 +65,16 @@ class Liveness:
 
     ``heartbeat``: ``time.monotonic()`` when the main event loop last ran its heartbeat (CLOCK_MONOTONIC is
     system-wide, so the probe process compares it with its own clock); ``ready``: the app's lifespan has started and
-    not ended; ``stopping``: the main server has begun to shut down. Each is written by one process and read by the
-    other, a single aligned word each: no lock needed. Passed to the probe process when it is spawned."""
+    not ended; ``stopping``: the main server has begun to shut down; ``probe_refusals``: the probe port's refusals by
+    reason, which the serving process's /metrics shows. Each is written by one process (the counts by the probe
+    process's event loop alone) and read by the other, a single aligned word each: no lock needed. Passed to the
+    probe process when it is spawned."""
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._heartbeat = ctx.RawValue(ctypes.c_double, time.monotonic())
         self._flags = ctx.RawArray(ctypes.c_bool, 2)  # ready, stopping
+        self._probe_refused = ctx.RawArray(ctypes.c_uint64, len(REFUSAL_REASONS))
 
     @property
     def heartbeat(self) -> float:
@@ -103,6 +104,13 @@ class Liveness:
     def serving(self) -> bool:
         """What /ready answers (before the heartbeat's check on the probe port)."""
         return self.ready and not self.stopping
+
+    def count_probe_refusal(self, reason: str) -> None:
+        self._probe_refused[REFUSAL_REASONS.index(reason)] += 1
+
+    @property
+    def probe_refusals(self) -> dict[str, int]:
+        return dict(zip(REFUSAL_REASONS, self._probe_refused))
 
 
 def json_response(status: int, content) -> "Response":
@@ -147,17 +155,17 @@ if uvicorn is not None:
           of the concurrency limit, for as long as the sender likes. (An idle keep-alive connection is uvicorn's:
           its keep-alive timeout closes it.)
         - The concurrency limit (``--limit-concurrency``) tested here, not by uvicorn: uvicorn answers its 503
-          before the app, out of the metrics' sight; here each refusal is counted in ``refused`` (None: the probe
-          process's, which no /metrics shows) and answered in JSON like the app's errors.
+          before the app, out of the metrics' sight; here each refusal is counted by ``count_refusal(reason)``
+          (one of REFUSAL_REASONS) and answered in JSON like the app's errors.
         - ``log_requests=False``: no access log line (the probe listener's: a line per probe is noise).
         """
 
         def __init__(self, config: "uvicorn.Config", server_state: ServerState, app_state: dict[str, Any],
                      _loop: asyncio.AbstractEventLoop | None = None, *, header_timeout: float,
-                     refused: "Counter | None", log_requests: bool = True) -> None:
+                     count_refusal: Callable[[str], None] | None, log_requests: bool = True) -> None:
             super().__init__(config, server_state, app_state, _loop)
             self.header_timeout = header_timeout
-            self.refused = refused
+            self.count_refusal = count_refusal
             self.access_log = self.access_log and log_requests
             self.concurrency_limit, self.limit_concurrency = self.limit_concurrency, None  # uvicorn's test is off
             self.admitted_app, self.app = self.app, self._admit
@@ -176,8 +184,8 @@ if uvicorn is not None:
             super().connection_lost(exc)
 
         def _count(self, reason: str) -> None:
-            if self.refused is not None:
-                self.refused.labels(reason).inc()
+            if self.count_refusal is not None:
+                self.count_refusal(reason)
 
         def _watch_head(self) -> None:
             """The deadline runs while a request head is awaited after a connection opens or once part of it is in,
@@ -213,14 +221,14 @@ if uvicorn is not None:
             await self.admitted_app(scope, receive, send)
 
 
-def uvicorn_config(app, host: str, port: int, refused: "Counter | None", *,
+def uvicorn_config(app, host: str, port: int, count_refusal: Callable[[str], None] | None, *,
                    header_timeout: float = DEFAULT_HEADER_TIMEOUT, log_requests: bool = True,
                    **options: Any) -> "uvicorn.Config":
-    """uvicorn's settings for ``app`` on ``host:port`` with :class:`GuardedH11Protocol` (refusals counted in
-    ``refused``); ``options``: the rest of ``uvicorn.Config``'s, ``limit_concurrency`` among them."""
+    """uvicorn's settings for ``app`` on ``host:port`` with :class:`GuardedH11Protocol` (each refusal counted by
+    ``count_refusal(reason)``); ``options``: the rest of ``uvicorn.Config``'s, ``limit_concurrency`` among them."""
     if not header_timeout > 0:
         raise ValueError(f"header_timeout: expected a positive number of seconds, got {header_timeout}")
-    protocol = functools.partial(GuardedH11Protocol, header_timeout=header_timeout, refused=refused,
+    protocol = functools.partial(GuardedH11Protocol, header_timeout=header_timeout, count_refusal=count_refusal,
                                  log_requests=log_requests)
     return uvicorn.Config(app, host=host, port=port, http=protocol, **options)
 
@@ -239,7 +247,8 @@ def _run_probes(conn: Connection, liveness: Liveness, health: dict, allowed_host
     except OSError as exc:
         conn.send(exc.strerror or str(exc))
         return
-    server = uvicorn.Server(uvicorn_config(create_probe_app(liveness, health, allowed_hosts), host, port, None,
+    server = uvicorn.Server(uvicorn_config(create_probe_app(liveness, health, allowed_hosts), host, port,
+                                           liveness.count_probe_refusal,
                                            log_requests=False, lifespan="off", log_config=None,
                                            timeout_graceful_shutdown=1, **options))
     thread = threading.Thread(target=server.run, args=([sock],), name="kgdistill-probes")

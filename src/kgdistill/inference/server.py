@@ -43,8 +43,8 @@ from typing import Annotated, Any, Callable, Iterable, Literal, Union
 
 from ..errors import KGDistillError
 from .batching import MicroBatcher
-from .listeners import (DEFAULT_HEADER_TIMEOUT, NOT_READY, Liveness, _json_bytes, _reject, probe_process,
-                        uvicorn_config)
+from .listeners import (DEFAULT_HEADER_TIMEOUT, NOT_READY, REFUSAL_REASONS, Liveness, _json_bytes, _reject,
+                        probe_process, uvicorn_config)
 from .listeners import json_response as _json
 from .predictor import Prediction, Predictor, ResolvedQuery
 from .vocabulary import AmbiguousEntityError, UnknownEntityError, UnknownRelationError
@@ -54,6 +54,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from prometheus_client.core import CounterMetricFamily
     from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 except ImportError:  # pragma: no cover - exercised only without the extra
@@ -85,7 +86,6 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 API_KEY_ENV = "KGDISTILL_API_KEY"
 OPEN_PATHS = frozenset({"/health", "/ready"})  # answered without the API key: probes carry no credentials
 HEARTBEAT_INTERVAL = 1.0  # seconds between two beats of the event loop's heartbeat
-REFUSAL_REASONS = ("concurrency", "header_timeout")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -328,10 +328,25 @@ class ApiKeyAuth:
         await self.app(scope, receive, send)
 
 
+class ProbeRefusals:
+    """A Prometheus collector of the probe port's refusals, read from the shared memory the probe process counts
+    them in (that process has no registry of its own to scrape)."""
+
+    def __init__(self, liveness: Liveness):
+        self.liveness = liveness
+
+    def collect(self):
+        family = CounterMetricFamily("kgdistill_probe_refused", "requests to the probe port (--health-port) refused "
+                                     "before its app saw them, by reason", labels=["reason"])
+        for reason, count in self.liveness.probe_refusals.items():
+            family.add_metric([reason], count)
+        yield family
+
+
 class Metrics:
     """The app's Prometheus metrics, in a registry of its own (two apps in one process keep their own counts)."""
 
-    def __init__(self, batcher: MicroBatcher):
+    def __init__(self, batcher: MicroBatcher, liveness: Liveness):
         self.registry = CollectorRegistry()
         self.requests = Counter("kgdistill_http_requests", "HTTP requests answered, by path and status",
                                 ["path", "status"], registry=self.registry)
@@ -347,6 +362,10 @@ class Metrics:
                                registry=self.registry)
         for reason in REFUSAL_REASONS:  # every series from the start, so that a rate() sees the first refusal
             self.refused.labels(reason)
+        self.registry.register(ProbeRefusals(liveness))
+
+    def count_refusal(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
 
 
 class RequestMetrics:
@@ -441,8 +460,8 @@ def create_app(predictor: Predictor, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
         return [next(predictions) if isinstance(x, ResolvedQuery) else x() for x in items]
 
     batcher = MicroBatcher(run_batch, max_batch, max_wait_ms)
-    metrics = Metrics(batcher)
     liveness = Liveness()
+    metrics = Metrics(batcher, liveness)
 
     async def heartbeat() -> None:
         """Stamps ``liveness.heartbeat`` while the event loop runs: the probe process's sign of a loop not stuck."""
@@ -603,7 +622,7 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, *,
     listener = {"header_timeout": header_timeout, "limit_concurrency": limit_concurrency,
                 "timeout_keep_alive": timeout_keep_alive}
     liveness = app.state.liveness
-    server = _Server(uvicorn_config(app, host, port, app.state.metrics.refused, log_level="info",
+    server = _Server(uvicorn_config(app, host, port, app.state.metrics.count_refusal, log_level="info",
                                     timeout_graceful_shutdown=graceful_shutdown, **listener), liveness)
     with ExitStack() as stack:
         if health_port is not None:
