@@ -3,11 +3,14 @@ validation MRR levels off, and where the last quarter of its steps lies.
 
     python bench/plot_valid_curves.py docs/figures/subgraph-teachers.png runs/compression/teacher-lr0.0003 \\
         runs/compression/teacher-lr0.0001
+
+``--compute`` puts the runs on one axis of compute instead of steps: each pipeline stage's steps times its cost in
+teacher steps (``stage.json``; a teacher's step costs 1), so students and controls of equal compute end together.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -21,24 +24,44 @@ def curve(run_dir: str) -> list[tuple[int, float]]:
     return [(r["step"], r["valid_mrr"] * 100) for r in map(json.loads, filter(None, lines)) if "valid_mrr" in r]
 
 
-def main(out: str, runs: list[str]) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+def step_cost(run_dir: str) -> float:
+    """One step's compute in teacher steps: the pipeline stage's planned cost, 1 for a run outside a pipeline."""
+    stage = Path(run_dir, "stage.json")
+    return json.loads(stage.read_text(encoding="utf-8"))["stage"]["cost"] if stage.is_file() else 1.0
+
+
+def label(run_dir: str) -> str:
+    """The folder's name, with its parent's for a pipeline stage (the pipeline says which seed or recipe)."""
+    path = Path(run_dir)
+    return f"{path.parent.name}/{path.name}" if (path / "stage.json").is_file() else path.name
+
+
+def main(out: str, runs: list[str], compute: bool = False) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5) if compute else (7, 4))
     for run in runs:
-        points = curve(run)
-        ax.plot([s for s, _ in points], [m for _, m in points], "o-", label=Path(run).name)
-        if points:
+        scale = step_cost(run) if compute else 1.0
+        points = [(step * scale, mrr) for step, mrr in curve(run)]
+        ax.plot([s for s, _ in points], [m for _, m in points], "o-", markersize=3, label=label(run))
+        if points and not compute:
             last = points[-1][0]
             ax.axvspan(0.75 * last, last, color="grey", alpha=0.08)
-    ax.set_xlabel("training step")
+    ax.set_xlabel("compute (teacher-step equivalents)" if compute else "training step")
     ax.set_ylabel("valid MRR (%), filtered, both directions")
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("valid MRR during training (shaded: last quarter of the steps)")
+    ax.legend(fontsize=7)
+    ax.set_title("valid MRR against compute" if compute else
+                 "valid MRR during training (shaded: last quarter of the steps)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     with open(Path(out).with_suffix(".json"), "w", encoding="utf-8") as handle:
-        json.dump({run: curve(run) for run in runs}, handle, indent=1)
+        json.dump({run: {"cost_per_step": step_cost(run), "curve": curve(run)} if compute else curve(run)
+                   for run in runs}, handle, indent=1)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="the figure (.png); its data goes beside it as .json")
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--compute", action="store_true", help="x axis: compute in teacher steps, not steps")
+    args = parser.parse_args()
+    main(args.out, args.runs, args.compute)
