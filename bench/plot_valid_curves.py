@@ -38,6 +38,8 @@ def label(run_dir: str) -> str:
 
 def main(out: str, runs: list[str], compute: bool = False) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5) if compute else (7, 4))
+    if len(runs) > 10:  # matplotlib's default cycle repeats after ten colours
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for run in runs:
         scale = step_cost(run) if compute else 1.0
         points = [(step * scale, mrr) for step, mrr in curve(run)]
