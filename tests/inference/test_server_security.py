@@ -304,7 +304,8 @@ def test_probe_process_answers_like_the_main_port_from_shared_state(predictor, m
 
 def test_serve_marks_the_app_stopping_once_uvicorn_decides_to_exit(predictor):
     app = create_app(predictor)
-    server = server_module._Server(server_module.uvicorn_config(app, "127.0.0.1", 0, None), app.state.liveness)
+    server = server_module._Server(server_module.uvicorn_config(app, "127.0.0.1", 0, app.state.metrics.count_refusal),
+                                   app.state.liveness)
     assert asyncio.run(server.on_tick(1)) is False and app.state.liveness.stopping is False
     server.should_exit = True  # a signal, before the graceful wait for in-flight requests
     assert asyncio.run(server.on_tick(1)) is True and app.state.liveness.stopping is True

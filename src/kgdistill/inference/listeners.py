@@ -162,7 +162,7 @@ if uvicorn is not None:
 
         def __init__(self, config: "uvicorn.Config", server_state: ServerState, app_state: dict[str, Any],
                      _loop: asyncio.AbstractEventLoop | None = None, *, header_timeout: float,
-                     count_refusal: Callable[[str], None] | None, log_requests: bool = True) -> None:
+                     count_refusal: Callable[[str], None], log_requests: bool = True) -> None:
             super().__init__(config, server_state, app_state, _loop)
             self.header_timeout = header_timeout
             self.count_refusal = count_refusal
@@ -183,10 +183,6 @@ if uvicorn is not None:
             self._stop_head_deadline()
             super().connection_lost(exc)
 
-        def _count(self, reason: str) -> None:
-            if self.count_refusal is not None:
-                self.count_refusal(reason)
-
         def _watch_head(self) -> None:
             """The deadline runs while a request head is awaited after a connection opens or once part of it is in,
             and stops when the whole head is in (h11 has left IDLE: the app has the request)."""
@@ -205,7 +201,7 @@ if uvicorn is not None:
             self.head_deadline = None
             if self.transport.is_closing():
                 return
-            self._count("header_timeout")
+            self.count_refusal("header_timeout")
             body = _json_bytes({"detail": f"request head not received within {self.header_timeout:g} s"})
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                                  b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
@@ -215,13 +211,13 @@ if uvicorn is not None:
             """uvicorn's test of the limit; ``tasks`` already holds this request's task, hence ``>``."""
             limit = self.concurrency_limit
             if limit is not None and (len(self.connections) >= limit or len(self.tasks) > limit):
-                self._count("concurrency")
+                self.count_refusal("concurrency")
                 await _reject(send, 503, OVERLOADED)
                 return
             await self.admitted_app(scope, receive, send)
 
 
-def uvicorn_config(app, host: str, port: int, count_refusal: Callable[[str], None] | None, *,
+def uvicorn_config(app, host: str, port: int, count_refusal: Callable[[str], None], *,
                    header_timeout: float = DEFAULT_HEADER_TIMEOUT, log_requests: bool = True,
                    **options: Any) -> "uvicorn.Config":
     """uvicorn's settings for ``app`` on ``host:port`` with :class:`GuardedH11Protocol` (each refusal counted by
