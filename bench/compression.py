@@ -44,14 +44,15 @@ STUDENTS: dict[str, tuple[str, dict]] = {
     # the same total budget as the one jump; every stage with its same-init control (the pre-distilled student's
     # control is the teacher trained on for the same compute)
     "ladder-s42": ("quick-ladder", {"distill": {"controls": ["direct"]}}),
-    "onejump-3L-s42": ("quick", {"distill": {"grades": [{"layers": 3, "mask_rate": 0.0, "lr": 4e-4}],
-                                             "controls": ["direct"]}}),
+    **{f"onejump-3L-s{seed}": ("quick", {"seed": seed,
+                                          "distill": {"grades": [{"layers": 3, "mask_rate": 0.0, "lr": 4e-4}],
+                                                      "controls": ["direct"]}}) for seed in (42, 7, 1234)},
     # MGFD on at equal compute: one jump with 20 % masking, and the ladder with its masks off
     "onejump-2L-mask20-s42": ("quick", {"distill": {"grades": [{"layers": 2, "mask_rate": 0.2, "lr": 9e-4}]}}),
     "ladder-nomask-s42": ("quick-ladder", {"distill": {"ablation": "no-mgfd"}}),
     # the serving student given the whole budget itself (a query-only step costs 0.44 teacher steps, the symmetric
     # student's 0.67, so equal compute buys 1.5x the steps the serving grade gets after the symmetric grade)
-    "query-2L-s42": ("quick", {"distill": {"student_side": "query"}}),
+    **{f"query-2L-s{seed}": ("quick", {"seed": seed, "distill": {"student_side": "query"}}) for seed in (42, 7, 1234)},
     # the 2-layer student's rate (9e-4, chosen on test in BENCHMARKS section 3) re-checked on valid
     "onejump-2L-lr3e-4-s42": ("quick", {"distill": {"grades": [{"layers": 2, "mask_rate": 0.0, "lr": 3e-4}]}}),
     "onejump-2L-lr2e-3-s42": ("quick", {"distill": {"grades": [{"layers": 2, "mask_rate": 0.0, "lr": 2e-3}]}}),
