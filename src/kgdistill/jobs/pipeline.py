@@ -23,7 +23,7 @@ log = logging.getLogger("kgdistill")
 
 
 class _StageEstimate(Callback):
-    """Logs, a few steps into a stage, the ladder's estimated time left from the rate just measured."""
+    """Logs, a few steps into a stage, the pipeline's estimated time left from the rate just measured."""
 
     def __init__(self, stages: list[Stage], index: int, default_steps: int):
         self.stages, self.index, self.default_steps = stages, index, default_steps
@@ -41,7 +41,7 @@ class _StageEstimate(Callback):
         per_unit = seconds / done / stage.cost  # seconds per teacher-step equivalent
         later = sum((s.steps or self.default_steps) * s.cost for s in self.stages[self.index + 1:])
         remaining = left * seconds / done + later * per_unit
-        log.info("[%s] %.1f s/step; estimated time left for the ladder: %.0f min (training only, from this "
+        log.info("[%s] %.1f s/step; estimated time left for the pipeline: %.0f min (training only, from this "
                  "stage's rate)", stage.name, seconds / done, remaining / 60)
 
 
