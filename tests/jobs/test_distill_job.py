@@ -28,6 +28,21 @@ def test_distill_inherits_the_teachers_dataset_and_text_settings(tiny_config, ti
     saved = (tmp_path / "s/config.yaml").read_text()
     assert teacher_config.data.dataset in saved and "max_tokens: 20" in saved
     assert out.metrics["num_entities"] == 24  # the tiny KG, not WN18RR's 40,943
+    resolved = build_config(None, file=tmp_path / "s/config.yaml")  # no students' rate set: the job's is train.lr
+    assert resolved.distill.lr is None and resolved.train.lr == pytest.approx(student_config.train.lr)
+
+
+def test_distill_trains_at_the_students_rate(tiny_config, tmp_path):
+    """distill.lr, when set, is the job's rate (saved as its train.lr, so the saved config repeats the run)."""
+    from kgdistill.api import train
+    from kgdistill.config import build_config
+    from kgdistill.jobs.distill import distill
+
+    train(tiny_config(train__max_steps=2), tmp_path / "t", evaluate_after=False, progress=False)
+    config = tiny_config(train__lr=5e-2, distill__lr=2e-3, distill__teacher=str(tmp_path / "t"), distill__stage_steps=2)
+    distill(config, tmp_path / "s", progress=False)
+    saved = build_config(None, file=tmp_path / "s/config.yaml")
+    assert saved.train.lr == saved.distill.lr == pytest.approx(2e-3)
 
 
 @pytest.mark.parametrize("overrides", [

@@ -37,19 +37,39 @@ def test_budget_gives_cheap_grades_more_steps():
 
 
 def test_lr_depth_power_sets_the_shallow_grades_and_their_controls():
+    """Grades scale the students' rate distill.lr by depth (a grade's own lr wins); the teacher keeps train.lr."""
+    from kgdistill.config import build_config
+    from kgdistill.pmd.plan import plan, stage_run_config
+
+    config = build_config("quick-ladder", overrides={"train": {"lr": 3e-4},
+                                              "distill": {"lr": 1e-4, "lr_depth_power": 2.0, "controls": ["direct"],
+                                                          "grades": [{"layers": 3, "mask_rate": 0.1},
+                                                                     {"layers": 2, "mask_rate": 0.0, "lr": 5e-4}]}})
+    stages = plan(config, 6)
+    lrs = {s.name: s.lr for s in stages}
+    assert lrs == pytest.approx({"00-teacher": None, "01-pre-distilled": 1e-4, "01-pre-distilled-direct": 1e-4,
+                                 "02-grade1-3L": 4e-4, "02-grade1-3L-direct": 4e-4, "03-grade2-2L": 5e-4,
+                                 "03-grade2-2L-direct": 5e-4})
+    grade = stage_run_config(config, stages[3], teacher="T")  # the stage's job trains at its stage's rate
+    assert grade.train.lr == grade.distill.lr == pytest.approx(4e-4)
+    config.distill.lr_depth_power = 0.0  # the paper: one rate everywhere
+    assert {s.lr for s in plan(config, 6) if s.layers == 3} == {1e-4}
+    config.distill.lr, config.distill.lr_depth_power = None, 2.0  # no students' rate: the teacher's is the base
+    lrs = {s.name: s.lr for s in plan(config, 6)}
+    assert lrs["01-pre-distilled"] is None and lrs["02-grade1-3L"] == pytest.approx(1.2e-3)
+
+
+def test_quick_presets_share_the_teacher_rate_and_keep_the_measured_student_rates():
+    """The teacher's 3e-4 (BENCHMARKS.md 7i) did not move the students' rates measured at 1e-4 (sections 2-3)."""
     from kgdistill.config import build_config
     from kgdistill.pmd.plan import plan
 
-    config = build_config("quick-ladder", overrides={"train": {"lr": 1e-4},
-                                              "distill": {"lr_depth_power": 2.0, "controls": ["direct"],
-                                                          "grades": [{"layers": 3, "mask_rate": 0.1},
-                                                                     {"layers": 2, "mask_rate": 0.0, "lr": 5e-4}]}})
-    lrs = {s.name: s.lr for s in plan(config, 6)}
-    assert lrs == pytest.approx({"00-teacher": None, "01-pre-distilled": None, "01-pre-distilled-direct": None,
-                                 "02-grade1-3L": 4e-4, "02-grade1-3L-direct": 4e-4, "03-grade2-2L": 5e-4,
-                                 "03-grade2-2L-direct": 5e-4})
-    config.distill.lr_depth_power = 0.0  # the paper: one rate everywhere
-    assert {s.lr for s in plan(config, 6) if s.layers == 3} == {None}
+    for name, expected in (("quick", {"02-grade1-2L": 9e-4}),
+                           ("quick-ladder", {"01-pre-distilled": 1e-4, "02-grade1-5L": 1.44e-4, "03-grade2-3L": 4e-4,
+                                             "04-grade3-2L": 9e-4})):
+        config = build_config(name)
+        assert config.train.lr == pytest.approx(3e-4), name
+        assert {s.name: s.lr for s in plan(config, 6) if s.kind == "pmd"} == pytest.approx(expected), name
 
 
 def test_every_preset_is_a_valid_config_that_plans_within_its_budget(tmp_path):

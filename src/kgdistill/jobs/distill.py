@@ -55,7 +55,7 @@ def distill(config: RunConfig, output_dir: str | Path, resume: bool = False, pro
 
     The config says everything: the student's depth (``model.num_layers``; None: the teacher's), its mask rate
     (``distill.mask_rate``; None: ``distill.pre_mask_rate``), its steps (``distill.stage_steps``, else
-    ``train.max_steps``) and rate (``train.lr``); data keys the user did not set are the teacher's
+    ``train.max_steps``) and rate (``distill.lr``, else ``train.lr``); data keys the user did not set are the teacher's
     (:func:`inherit_teacher_data`). The resolved config is saved as the run's ``config.yaml``, so
     ``kgdistill distill --config RUN/config.yaml`` repeats the run."""
     run_dir = Path(output_dir)
@@ -102,8 +102,8 @@ def distill(config: RunConfig, output_dir: str | Path, resume: bool = False, pro
 
 def resolve_stage(config: RunConfig, teacher_model, teacher_dir: Path) -> RunConfig:
     """The config a distill job runs and saves: every stage setting made explicit (depth, mask rate after the
-    ablation switch, steps as ``train.max_steps``, the teacher's PLM and data settings), so the saved config.yaml
-    alone repeats the stage."""
+    ablation switch, steps as ``train.max_steps``, rate as ``train.lr``, the teacher's PLM and data settings), so the
+    saved config.yaml alone repeats the stage."""
     config = copy.deepcopy(config)
     config.model.plm = teacher_model.info.get("plm", config.model.plm)
     inherit_teacher_data(config, teacher_dir, teacher_model.info)
@@ -120,6 +120,8 @@ def resolve_stage(config: RunConfig, teacher_model, teacher_dir: Path) -> RunCon
         config.distill.student_side = "both"  # a control is a plain SimKGC model at the student depth
     if config.distill.stage_steps is not None:
         config.train.max_steps = config.distill.stage_steps
+    if config.distill.lr is not None:
+        config.train.lr = config.distill.lr
     config.distill.teacher = str(teacher_dir)
     config.mark_explicit({"data.dataset"})  # resolved: a run from the saved config must not re-inherit
     return config

@@ -65,11 +65,13 @@ def plan(config: RunConfig, depth: int) -> list[Stage]:
     d = config.distill
     query_only = d.student_side == "query"
     stages = [Stage("00-teacher", depth, None, None, None, kind="teacher")]
-    pmd = [(depth, d.pre_mask_rate, None, None, "01-pre-distilled")] if d.pre_distill else []
+    base_lr = d.lr if d.lr is not None else config.train.lr
+    pmd = [(depth, d.pre_mask_rate, None, d.lr, "01-pre-distilled")] if d.pre_distill else []
     for i, grade in enumerate(d.grades or default_grades(depth), start=1):
         lr = grade.lr
-        if lr is None and d.lr_depth_power and grade.layers < depth:
-            lr = config.train.lr * (depth / grade.layers) ** d.lr_depth_power
+        if lr is None:  # None stays None: the stage trains at train.lr
+            scale = (depth / grade.layers) ** d.lr_depth_power
+            lr = base_lr * scale if scale != 1 else d.lr
         pmd.append((grade.layers, grade.mask_rate, grade.steps, lr, f"{i + 1:02d}-grade{i}-{grade.layers}L"))
     share = d.budget / max(len(pmd), 1) if d.budget else None
     previous = stages[0]
@@ -103,7 +105,7 @@ def stage_run_config(config: RunConfig, stage: Stage, teacher: Path) -> RunConfi
     d.teacher, d.mask_rate, d.stage_steps = str(teacher), stage.mask_rate or 0.0, stage.steps
     config.model.num_layers = stage.layers
     if stage.lr is not None:  # the stage's own rate is the run's train.lr, so config.yaml and the model card say it
-        config.train.lr = stage.lr
+        config.train.lr = d.lr = stage.lr
     if stage.kind == "query":
         d.student_side = "query"
     elif stage.kind != "pmd":
