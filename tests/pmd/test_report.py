@@ -1,5 +1,5 @@
 """The pipeline report (``kgdistill.pmd.report``): the teacher's convergence read from its valid curve, rows evaluated
-differently refused, and the rows as a DataFrame."""
+differently refused, each student's gap to its controls, and the rows as a DataFrame."""
 from __future__ import annotations
 
 import importlib.util
@@ -51,3 +51,22 @@ def test_report_rows_as_a_dataframe():
     frame = report.to_df()
     assert frame["name"].tolist() == ["00-teacher", "02-grade1-2L"]
     assert frame["no_rerank.mrr"].tolist() == [0.5, 0.4]
+
+
+def test_report_states_each_students_gap_to_its_controls():
+    """A student that loses to plain fine-tuning of its layers says so under the table (BENCHMARKS.md 7k)."""
+    def row(name, kind, mrr):
+        return {"name": name, "kind": kind, "layers": 2, "entity_layers": 2, "parameters": 1e6,
+                "non_embedding_parameters": 1e5, "size_mb": 1, "entities_per_s": None,
+                "no_rerank": {"mrr": mrr, "hits@1": 0, "hits@3": 0, "hits@10": 0}}
+
+    report = Report([row("00-teacher", "teacher", 0.25), row("02-grade1-2L", "pmd", 0.24),
+                     row("02-grade1-2L-direct", "direct", 0.31), row("02-grade1-2L-direct-steps", "direct", 0.22)])
+    gaps = {g["control"]: g for g in report.to_dict()["control_gaps"]}
+    assert gaps["02-grade1-2L-direct"]["equal"] == "compute"
+    assert gaps["02-grade1-2L-direct"]["mrr_gap"] == pytest.approx(-0.07)
+    assert gaps["02-grade1-2L-direct-steps"]["equal"] == "steps"
+    assert gaps["02-grade1-2L-direct-steps"]["mrr_gap"] == pytest.approx(0.02)
+    text = report.markdown()
+    assert "direct control at equal compute (02-grade1-2L-direct): -7.00 MRR; the control is ahead" in text
+    assert "at equal steps (02-grade1-2L-direct-steps): +2.00 MRR; the student is ahead" in text

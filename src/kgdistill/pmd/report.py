@@ -93,7 +93,20 @@ class Report(Result):
 
     def to_dict(self) -> dict:
         """What ``report.json`` holds."""
-        return {"teacher": self.teacher, "rows": self.rows}
+        return {"teacher": self.teacher, "rows": self.rows, "control_gaps": self.control_gaps()}
+
+    def control_gaps(self) -> list[dict]:
+        """Each distilled student's MRR minus its controls' (``distill.controls``), at equal compute or equal steps:
+        what the teacher added over training the same layers without it (negative: the control is ahead)."""
+        students = [r for r in self.rows if r.get("kind") == "pmd"]
+        gaps = []
+        for control in (r for r in self.rows if r.get("kind") in ("direct", "plm")):
+            student = next((s for s in students if control["name"].startswith(s["name"] + "-")), None)
+            if student is not None:
+                gaps.append({"student": student["name"], "control": control["name"], "kind": control["kind"],
+                             "equal": "steps" if control["name"].endswith("-steps") else "compute",
+                             "mrr_gap": student["no_rerank"]["mrr"] - control["no_rerank"]["mrr"]})
+        return gaps
 
     def to_df(self):
         """The rows as a pandas DataFrame, one per model, nested fields flattened (``no_rerank.mrr``); needs pandas."""
@@ -124,6 +137,12 @@ class Report(Result):
                          f"{m['hits@1'] * 100:.2f} | {m['hits@3'] * 100:.2f} | {m['hits@10'] * 100:.2f} | "
                          f"{rr['mrr'] * 100:.2f} | {rr['hits@10'] * 100:.2f} | {delta:+.2f} | "
                          f"{100 * m['mrr'] / teacher['no_rerank']['mrr']:.1f} |")
+        for gap in self.control_gaps():
+            verdict = ("the student is ahead" if gap["mrr_gap"] >= 0.01 else
+                       "the control is ahead (an unfinished teacher?)" if gap["mrr_gap"] <= -0.01 else
+                       "within 1 MRR: compare the seed spread")
+            lines.append(f"\n{gap['student']} against its {gap['kind']} control at equal {gap['equal']} "
+                         f"({gap['control']}): {gap['mrr_gap'] * 100:+.2f} MRR; {verdict}.")
         return "\n".join(lines)
 
     def teacher_line(self) -> str:
