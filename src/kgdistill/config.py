@@ -171,8 +171,13 @@ class DistillConfig:
     # controls train at the same rate.
     lr_depth_power: float = 0.0
     # The whole ladder's budget in teacher-step equivalents (a stage's step costs its encoder layer passes relative
-    # to a teacher training step); split evenly over the distillation stages. None: stage_steps for every stage.
+    # to a teacher training step); split evenly over the distillation stages. None: budget_ratio's, else stage_steps
+    # for every stage.
     budget: float | None = None
+    # The budget as a multiple of the teacher's own training steps (its run's train_summary.json, or train.max_steps
+    # for the teacher a pipeline trains): 1.0 spends on distillation what training the teacher cost, so a teacher
+    # trained longer gets a longer distillation. Used when budget is None.
+    budget_ratio: float | None = None
     # per grade, also train: direct (same init, L_CE) | plm (PLM layers, L_CE), at the grade's compute; direct-steps |
     # plm-steps at its number of steps
     controls: list[str] = field(default_factory=list)
@@ -227,12 +232,13 @@ _QUICK: dict[str, Any] = {
     # At 50 steps a student built from raw PLM layers cannot learn what the teacher needed 180 for (it ranks the
     # query's own head first for every query); on a CPU budget students start from the teacher's layers.
     "model": {"init_from": "teacher"},
-    # Measured in BENCHMARKS.md sections 2-3: the distillation gets the teacher's 180 steps in teacher-step
-    # equivalents (cheap grades get more steps), students also match the teacher's pooled vectors, scores are
+    # Measured in BENCHMARKS.md sections 2-3 and 7: the distillation gets the teacher's own steps in teacher-step
+    # equivalents (cheap grades get more steps; from a 540-step teacher a third of that lost to fine-tuning at equal
+    # compute, all of it won, section 7e), students also match the teacher's pooled vectors, scores are
     # compared on clean text (masked text feeds MGFD only), and the students' rate is 1e-4 at the teacher's depth,
     # larger for shallower grades: x (6/L)^2, 4e-4 at 3 layers and 9e-4 at 2 (the best of 1e-4 / 3e-4 / 1e-3 was 3e-4
     # at 3 layers and 1e-3 at 2).
-    "distill": {"stage_steps": 50, "budget": 180, "embedding_weight": 1.0, "student_input": "clean",
+    "distill": {"stage_steps": 50, "budget_ratio": 1.0, "embedding_weight": 1.0, "student_input": "clean",
                 "lr": 1e-4, "lr_depth_power": 2.0},
 }
 PRESETS: dict[str, dict[str, Any]] = {
@@ -515,6 +521,7 @@ def validate(config: RunConfig) -> None:
     positive("distill.kl_temperature", d.kl_temperature)
     positive("distill.embedding_weight", d.embedding_weight, allow_zero=True)
     positive("distill.budget", d.budget)
+    positive("distill.budget_ratio", d.budget_ratio)
     positive("distill.lr", d.lr)
     positive("distill.lr_depth_power", d.lr_depth_power, allow_zero=True)
     for i, control in enumerate(d.controls):

@@ -97,3 +97,28 @@ def test_a_stage_run_alone_equals_the_same_stage_in_a_pipeline(tiny_config, tmp_
         assert torch.equal(value, alone.state_dict()[key]), key
     assert json.loads((tmp_path / "alone/metrics.json").read_text())["no_rerank"] == \
         json.loads((tmp_path / "p/02-grade1-2L/metrics.json").read_text())["no_rerank"]
+
+
+def test_a_pipeline_from_a_trained_teacher_spends_the_teachers_own_steps(tiny_config, tmp_path):
+    """``distill.budget_ratio`` reads the steps the given teacher trained (its run folder, or the run above its
+    checkpoint), not this config's train.max_steps; a bare model folder has none, and the error names the key."""
+    import shutil
+
+    from kgdistill.errors import ConfigError
+    from kgdistill.jobs.pipeline import pipeline
+    from kgdistill.jobs.train import train
+    from kgdistill.pmd.plan import step_cost
+    from kgdistill.store.saved import trained_steps
+
+    train(tiny_config(train__max_steps=5), tmp_path / "teacher", progress=False)
+    config = tiny_config(train__max_steps=2, distill__stage_steps=None, distill__budget_ratio=1.0,
+                         distill__pre_distill=False, distill__grades=[{"layers": 2, "mask_rate": 0.0}],
+                         model__init_from="teacher")
+    config.distill.teacher = str(tmp_path / "teacher")
+    report = pipeline(config, tmp_path / "p", progress=False)
+    assert [r["steps"] for r in report.rows] == [5, round(5 / step_cost(2, 4, 4))]
+    assert trained_steps(tmp_path / "teacher/checkpoint-last") == 5
+    shutil.copytree(tmp_path / "teacher/checkpoint-last", tmp_path / "bare")
+    config.distill.teacher = str(tmp_path / "bare")
+    with pytest.raises(ConfigError, match="distill.budget_ratio"):
+        pipeline(config, tmp_path / "p-bare", progress=False)

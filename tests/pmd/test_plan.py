@@ -77,7 +77,7 @@ def test_every_preset_is_a_valid_config_that_plans_within_its_budget(tmp_path):
     reads back as the same config, its ladder never gets deeper, and where it sets a budget the distillation stages
     spend that budget in teacher-step equivalents, one jump or several grades."""
     from kgdistill.config import PRESETS, build_config
-    from kgdistill.pmd.plan import plan
+    from kgdistill.pmd.plan import distill_budget, plan
 
     assert PRESETS
     for name in PRESETS:
@@ -86,6 +86,38 @@ def test_every_preset_is_a_valid_config_that_plans_within_its_budget(tmp_path):
         assert build_config(None, file=tmp_path / f"{name}.yaml").to_dict() == config.to_dict(), name
         layers = [s.layers for s in plan(config, 6) if s.kind == "pmd"]
         assert layers and layers == sorted(layers, reverse=True) and layers[-1] < 6, (name, layers)
-        if config.distill.budget:
+        budget = distill_budget(config, config.train.max_steps)
+        if budget:
             spent = sum(s.steps * s.cost for s in plan(config, 6) if s.kind == "pmd")
-            assert spent == pytest.approx(config.distill.budget, rel=0.05), name
+            assert spent == pytest.approx(budget, rel=0.05), name
+
+
+def test_budget_ratio_gives_a_longer_trained_teacher_a_longer_distillation():
+    """``quick`` spends the teacher's own steps: 180 for the teacher it trains, 540 from a teacher trained for 540
+    (BENCHMARKS.md 7e: a third of that lost to fine-tuning at equal compute); a budget in steps wins over the ratio,
+    and a ratio without the teacher's steps is refused naming the key."""
+    from kgdistill.config import build_config
+    from kgdistill.errors import ConfigError
+    from kgdistill.pmd.plan import distill_budget, plan
+
+    config = build_config("quick")
+    assert config.distill.budget is None and config.distill.budget_ratio == 1.0
+
+    def spent(stages):
+        return sum(s.steps * s.cost for s in stages if s.kind == "pmd")
+
+    assert spent(plan(config, 6)) == pytest.approx(180, rel=0.01)
+    longer = plan(config, 6, teacher_steps=540)
+    assert spent(longer) == pytest.approx(540, rel=0.01)
+    assert longer[1].steps == 3 * plan(config, 6)[1].steps == 810
+    config.distill.budget_ratio = 0.5
+    assert spent(plan(config, 6, teacher_steps=540)) == pytest.approx(270, rel=0.01)
+    config.distill.budget = 300.0
+    assert distill_budget(config, 540) == 300.0
+    config.distill.budget, config.train.max_steps, config.train.epochs = None, None, 3
+    with pytest.raises(ConfigError, match="distill.budget_ratio"):
+        plan(config, 6)
+    config.distill.budget_ratio = None  # neither: every stage trains distill.stage_steps
+    assert {s.steps for s in plan(config, 6) if s.kind == "pmd"} == {config.distill.stage_steps}
+    with pytest.raises(ConfigError, match="distill.budget_ratio"):
+        build_config("quick", overrides={"distill": {"budget_ratio": 0}})

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import GradeConfig, RunConfig
+from ..errors import ConfigError
+from ..store.saved import trained_steps
 from ..training.distillation import stage_terms
 
 PAPER_RATIOS = (0.75, 0.5, 0.25)  # 12 -> 9 -> 6 -> 3
@@ -57,12 +59,29 @@ class Stage:
     cost: float = 1.0  # one step's compute in teacher training steps (step_cost)
 
 
-def plan(config: RunConfig, depth: int) -> list[Stage]:
+def distill_budget(config: RunConfig, teacher_steps: int | None = None) -> float | None:
+    """The distillation budget in teacher-step equivalents: ``distill.budget``, else ``distill.budget_ratio`` times
+    the teacher's training steps (``teacher_steps``, by default those of the run ``distill.teacher`` names, or the
+    ``train.max_steps`` of the teacher the pipeline trains); None (``stage_steps`` for every stage) when neither."""
+    d = config.distill
+    if d.budget is not None or d.budget_ratio is None:
+        return d.budget
+    if teacher_steps is None:
+        teacher_steps = trained_steps(d.teacher) if d.teacher else config.train.max_steps
+    if not teacher_steps:
+        raise ConfigError("config key 'distill.budget_ratio': the teacher's training steps are unknown (its folder "
+                          "has no train_summary.json, or the teacher to train has no train.max_steps); set "
+                          "distill.budget to a number of teacher steps")
+    return d.budget_ratio * teacher_steps
+
+
+def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> list[Stage]:
     """The stages in order: teacher, pre-distillation, grades, and each grade's controls right after it.
 
-    With ``distill.budget`` every distillation stage gets an even share of the budget, in teacher-step equivalents,
-    so cheap grades get more steps; explicit per-grade steps still win."""
+    With a budget (:func:`distill_budget`) every distillation stage gets an even share of it, in teacher-step
+    equivalents, so cheap grades get more steps; explicit per-grade steps still win."""
     d = config.distill
+    budget = distill_budget(config, teacher_steps)
     query_only = d.student_side == "query"
     stages = [Stage("00-teacher", depth, None, None, None, kind="teacher")]
     base_lr = d.lr if d.lr is not None else config.train.lr
@@ -73,7 +92,7 @@ def plan(config: RunConfig, depth: int) -> list[Stage]:
             scale = (depth / grade.layers) ** d.lr_depth_power
             lr = base_lr * scale if scale != 1 else d.lr
         pmd.append((grade.layers, grade.mask_rate, grade.steps, lr, f"{i + 1:02d}-grade{i}-{grade.layers}L"))
-    share = d.budget / max(len(pmd), 1) if d.budget else None
+    share = budget / max(len(pmd), 1) if budget else None
     previous = stages[0]
     for layers, rate, steps, lr, name in pmd:
         # the stage's real terms (an ablation may drop MGFD or fix its rate) decide whether MGFD's passes run

@@ -97,7 +97,7 @@ class Report(Result):
 
     def control_gaps(self) -> list[dict]:
         """Each distilled student's MRR minus its controls' (``distill.controls``), at equal compute or equal steps:
-        what the teacher added over training the same layers without it (negative: the control is ahead)."""
+        what the teacher added over training without it (negative: the control is ahead)."""
         students = [r for r in self.rows if r.get("kind") == "pmd"]
         gaps = []
         for control in (r for r in self.rows if r.get("kind") in ("direct", "plm")):

@@ -72,6 +72,17 @@ def load_model(path: str | Path, checkpoint: str = "last") -> tuple[BiEncoder, o
     return BiEncoder.load(folder), load_model_tokenizer(folder), folder
 
 
+def trained_steps(path: str | Path) -> int | None:
+    """The steps a saved model was trained for: ``train_summary.json`` of its run folder (``path`` itself, or the run
+    folder above a checkpoint); None when there is none (a bare model folder)."""
+    folder = Path(path)
+    for candidate in (folder, resolve_model_dir(folder).parent):
+        steps = read_json_object(candidate / RunFolder.SUMMARY).get("steps")
+        if isinstance(steps, int) and steps > 0:
+            return steps
+    return None
+
+
 def read_json_object(path: Path) -> dict:
     """A JSON object of a run folder; empty when the file is absent (a run without evaluation has no metrics.json),
     a :class:`CheckpointError` naming the file when it is not a JSON object."""
