@@ -119,6 +119,30 @@ def test_a_pipeline_from_a_trained_teacher_spends_the_teachers_own_steps(tiny_co
     assert [r["steps"] for r in report.rows] == [5, round(5 / step_cost(2, 4, 4))]
     assert trained_steps(tmp_path / "teacher/checkpoint-last") == 5
     shutil.copytree(tmp_path / "teacher/checkpoint-last", tmp_path / "bare")
+    shutil.copy(tmp_path / "teacher/metrics.json", tmp_path / "bare")
     config.distill.teacher = str(tmp_path / "bare")
     with pytest.raises(ConfigError, match="distill.budget_ratio"):
         pipeline(config, tmp_path / "p-bare", progress=False)
+
+
+def test_a_teacher_not_evaluated_on_the_pipelines_split_is_refused_before_any_training(tiny_config, tmp_path):
+    """The report compares every row with the teacher's evaluation: a teacher evaluated elsewhere (or not at all)
+    is refused up front with one line saying what to run, not after every stage has trained."""
+    from kgdistill.errors import ConfigError
+    from kgdistill.jobs.evaluate import evaluate
+    from kgdistill.jobs.pipeline import pipeline
+    from kgdistill.jobs.train import train
+
+    train(tiny_config(train__max_steps=2), tmp_path / "teacher", progress=False)
+    config = tiny_config(distill__teacher=str(tmp_path / "teacher"), distill__stage_steps=1, eval__split="valid",
+                         distill__pre_distill=False, distill__grades=[{"layers": 2, "mask_rate": 0.0}])
+    for teacher, found in ((tmp_path / "teacher", "was evaluated on 'test'"),
+                           (tmp_path / "teacher/checkpoint-last", "has no metrics.json")):
+        config.distill.teacher = str(teacher)
+        with pytest.raises(ConfigError, match=found) as error:
+            pipeline(config, tmp_path / "p", progress=False)
+        assert "\n" not in str(error.value) and "--split valid" in str(error.value)
+        assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
+    evaluate(tmp_path / "teacher", config, progress=False)  # on valid, into the run folder: now accepted
+    config.distill.teacher = str(tmp_path / "teacher")
+    assert [r["evaluation"]["split"] for r in pipeline(config, tmp_path / "p", progress=False).rows] == ["valid"] * 2

@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..models.plm import load_encoder, resolve_plm
 from ..pmd.plan import Stage, distill_budget, plan, stage_run_config
 from ..pmd.report import Report, build_report
 from ..runfolder import RunFolder
 from ..store.model_card import write_model_card
-from ..store.saved import load_model
+from ..store.saved import load_model, read_json_object
 from ..training.callbacks import Callback, StepEnd
 from ..training.trackers import make_trackers
 from .distill import check_gradient_cache, distill
@@ -45,6 +46,17 @@ class _StageEstimate(Callback):
                  "stage's rate)", stage.name, seconds / done, remaining / 60)
 
 
+def check_teacher_evaluated(teacher: str | Path, split: str) -> None:
+    """A reused teacher must carry an evaluation on the pipeline's split: the report compares every row with it, and
+    would be refused only after every stage had trained."""
+    evaluated = read_json_object(Path(teacher) / RunFolder.METRICS).get("split")
+    if evaluated != split:
+        found = f"was evaluated on {evaluated!r}" if evaluated else "has no metrics.json"
+        raise ConfigError(f"teacher {teacher} {found} but this pipeline evaluates on {split!r} (eval.split): "
+                          f"evaluate it first (kgdistill evaluate --model {teacher} --split {split}) or set "
+                          f"eval.split{'=' + evaluated if evaluated else ''}")
+
+
 def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, tracker: str | None = None) -> Report:
     """The whole ladder, resumable stage by stage; writes ``report.json``, ``report.md`` and ``report.png``. With
     ``distill.teacher`` set, that trained teacher is reused instead of training one.
@@ -55,6 +67,7 @@ def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, t
     out.mkdir(parents=True, exist_ok=True)
     teacher = config.distill.teacher
     if teacher is not None:
+        check_teacher_evaluated(teacher, config.eval.split)
         depth = load_model(teacher)[0].num_layers
     else:
         depth = int(load_encoder(resolve_plm(config.model.plm)).config.num_hidden_layers)
