@@ -443,6 +443,11 @@ def build_config(preset: str | None = "quick", file: str | Path | None = None, o
             user = merge_values(user, {name: value})
     config = _build(RunConfig, merge_values(values, user))
     validate(config)
+    # a dataset folder named relative to the working directory is saved absolute, so that the run's config.yaml
+    # (and every job on its models: evaluate, distill, predict) finds it from anywhere
+    folder = Path(config.data.dataset).expanduser()
+    if not folder.is_absolute() and folder.is_dir():
+        config.data.dataset = str(folder.resolve())
     config.mark_explicit(dotted_keys(user))
     return config
 

@@ -28,3 +28,19 @@ def test_scientific_notation_override_is_a_number():
     """'train.lr=1e-4' (the example in the CLI help) is a valid override."""
     config = build_config(None, overrides=parse_overrides(["train.lr=1e-4"]))
     assert config.train.lr == pytest.approx(1e-4)
+
+
+def test_a_relative_dataset_folder_is_saved_absolute(tmp_path, monkeypatch):
+    """A run's config.yaml must find its dataset from any working directory (evaluate, distill and predict on its
+    models run elsewhere); a bundled name and an absent path are left as written."""
+    from pathlib import Path
+
+    from kgdistill.config import build_config
+
+    (tmp_path / "data" / "kg").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config = build_config("quick", overrides={"data": {"dataset": "data/kg"}})
+    assert config.data.dataset == str(tmp_path.resolve() / "data" / "kg") and Path(config.data.dataset).is_absolute()
+    assert "data.dataset" in config.explicit
+    assert build_config("quick").data.dataset == "wn18rr"
+    assert build_config("quick", overrides={"data": {"dataset": "nowhere/kg"}}).data.dataset == "nowhere/kg"
