@@ -247,7 +247,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # MGFD term and nothing is progressive; it is score + embedding distillation (0.8 CE + 0.1 SCORE + 1.0 EMB) from
     # the teacher's layers. From a teacher that levels off (BENCHMARKS.md section 7) it beats fine-tuning the same
     # layers at equal compute by about 3 MRR (three seeds); MGFD (masking) did not pay at equal compute there. From
-    # the unfinished 180-step teacher on full WN18RR it loses to that fine-tuning by 6.8 MRR (section 7k).
+    # the unfinished 180-step teacher on full WN18RR it loses to that fine-tuning by 7.1 MRR (section 7k, three seeds).
     "quick": {**_QUICK, "model": {**_QUICK["model"], "layer_choice": "ends"},
               "distill": {**_QUICK["distill"], "pre_distill": False,
                           "grades": [{"layers": 2, "mask_rate": 0.0, "lr": 9e-4}]}},
