@@ -53,8 +53,8 @@ def check_teacher_evaluated(teacher: str | Path, split: str) -> None:
     if evaluated != split:
         found = f"was evaluated on {evaluated!r}" if evaluated else "has no metrics.json"
         raise ConfigError(f"teacher {teacher} {found} but this pipeline evaluates on {split!r} (eval.split): "
-                          f"evaluate it first (kgdistill evaluate --model {teacher} --split {split}) or set "
-                          f"eval.split{'=' + evaluated if evaluated else ''}")
+                          f"evaluate it first (kgdistill evaluate --model {teacher} --split {split})"
+                          f"{f' or set eval.split={evaluated}' if evaluated else ''}")
 
 
 def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, tracker: str | None = None) -> Report:
