@@ -108,6 +108,9 @@ def assert_same_run(expected: Path, got: Path, optimizer_state: bool = True) -> 
 # ---------------------------------------------------------------------------------------------------- (a) in-process
 @pytest.mark.parametrize("variant, checkpoint_every, crash_step, where", [
     pytest.param("default", 1, 5, "after-save", id="after-checkpoint-5"),
+    # killed after the final checkpoint, before train_summary.json: the resumed run trains no step, and must still
+    # report the final step's loss (the subprocess SIGKILL test below lands here by chance)
+    pytest.param("default", 1, TOTAL_STEPS, "after-save", id="after-the-final-checkpoint"),
     pytest.param("default", 4, 6, "mid-step", id="mid-step-7-last-checkpoint-4"),
     pytest.param("default", 3, 10, "mid-step", id="after-epoch-boundary-and-validation"),
     pytest.param("pre-batch", 2, 7, "mid-step", id="pre-batch-queue", marks=pytest.mark.slow),  # own baselines

@@ -27,12 +27,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainerState:
-    """Where training is, saved in checkpoints (``step``, ``best_valid``, ``skipped``) and read by callbacks."""
+    """Where training is, saved in checkpoints (``step``, ``best_valid``, ``skipped``, ``last_loss``) and read by
+    callbacks."""
 
     step: int = 0  # steps done in all (a resumed run counts the earlier ones)
     total_steps: int = 0
     best_valid: float | None = None  # best validation metric so far (:func:`selection_metric`)
     skipped: int = 0  # batches skipped for a non-finite loss
+    # the loss of the last step done; a run resumed from its final checkpoint reports it as its final loss
+    last_loss: float | None = None
 
 
 @dataclass

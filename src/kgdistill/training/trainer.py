@@ -178,7 +178,7 @@ class Trainer:
         if self.rank != 0:
             return
         progress = {"step": self.state.step, "best_valid": self.state.best_valid, "skipped": self.state.skipped,
-                    "total_steps": self.total_steps}
+                    "last_loss": self.state.last_loss, "total_steps": self.total_steps}
 
         def extra(folder: Path) -> None:
             save_training_state(folder, self.optimizer, self.scheduler, self._objective_state(), progress)
@@ -214,6 +214,7 @@ class Trainer:
             atomic_write_text(log_path, "".join(line + "\n" for line in kept))
         self.state.best_valid = progress["best_valid"]
         self.state.skipped = int(progress["skipped"])
+        self.state.last_loss = progress.get("last_loss")  # absent from checkpoints written before it was saved
         return True
 
     # ------------------------------------------------------------------ validation
@@ -297,7 +298,7 @@ class Trainer:
         state = self.state
         state.total_steps = self.total_steps
         self.control.should_stop = False
-        start_time, start_step, last_loss, window = time.perf_counter(), state.step, float("nan"), []
+        start_time, start_step, window = time.perf_counter(), state.step, []
         result = None
         try:
             for callback in self._running:
@@ -309,6 +310,7 @@ class Trainer:
                 loss, logs = self.train_step(batch)
                 state.step += 1
                 last_loss = float(loss.detach())
+                state.last_loss = last_loss if math.isfinite(last_loss) else None
                 window.append(time.perf_counter() - t0)
                 record = None
                 if state.step % tc.log_every == 0 or state.step == self.total_steps:
@@ -333,7 +335,8 @@ class Trainer:
                 self._act()
             seconds = time.perf_counter() - start_time
             done = state.step - start_step
-            result = TrainResult(state.step, seconds, done * self.batch_size / max(seconds, 1e-9), last_loss,
+            final_loss = state.last_loss if state.last_loss is not None else float("nan")
+            result = TrainResult(state.step, seconds, done * self.batch_size / max(seconds, 1e-9), final_loss,
                                  state.best_valid, state.skipped)
         finally:
             running, self._running = self._running, None
