@@ -1,8 +1,9 @@
 """kgdistill: text-based knowledge graph completion (SimKGC) made small and fast by progressive distillation (PMD).
 
 Public API (imports are lazy, so ``import kgdistill`` stays cheap and runs nothing): the jobs ``train``,
-``evaluate``, ``distill``, ``pipeline`` and ``export_model``, each returning a typed result (``TrainOutcome``,
-``EvaluationResult``, ``Report``, ``ExportResult``: ``to_dict()``, ``table()``, ``save(folder)``); ``Predictor``
+``evaluate``, ``compare``, ``distill``, ``pipeline`` and ``export_model``, each returning a typed result
+(``TrainOutcome``, ``EvaluationResult``, ``Comparison``, ``Report``, ``ExportResult``: ``to_dict()``, ``table()``,
+``save(folder)``); ``Predictor``
 and ``serve`` to use a trained model; ``load_dataset``, ``load_model``, ``build_config``, ``RunConfig``; and
 ``KGDistillError``, the base of every error caused by user input.
 """
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name is i
     from .jobs.pipeline import pipeline
     from .pmd.report import Report
     from .errors import KGDistillError
+    from .evaluation.compare import Comparison, compare
     from .evaluation.ranking import EvaluationResult
     from .jobs.export import ExportResult, export_model
     from .inference.predictor import Prediction, Predictor
@@ -39,6 +41,8 @@ _EXPORTS = {
     "pipeline": "kgdistill.jobs.pipeline",
     "Report": "kgdistill.pmd.report",
     "EvaluationResult": "kgdistill.evaluation.ranking",
+    "compare": "kgdistill.evaluation.compare",
+    "Comparison": "kgdistill.evaluation.compare",
     "export_model": "kgdistill.jobs.export",
     "ExportResult": "kgdistill.jobs.export",
     "Predictor": "kgdistill.inference.predictor",
@@ -55,8 +59,8 @@ _EXPORTS = {
     "KGDistillError": "kgdistill.errors",
 }
 
-__all__ = ["EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report", "Result",
-           "RunConfig", "TrainOutcome", "__version__", "build_config", "distill", "evaluate", "export_model",
+__all__ = ["Comparison", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report", "Result",
+           "RunConfig", "TrainOutcome", "__version__", "build_config", "compare", "distill", "evaluate", "export_model",
            "from_dataframes", "load_dataset", "load_model", "pipeline", "serve", "to_dataframes", "train", "TuneResult",
            "tune"]
 

@@ -12,6 +12,7 @@ from .jobs.distill import distill
 from .jobs.pipeline import pipeline
 from .pmd.report import Report
 from .errors import KGDistillError
+from .evaluation.compare import Comparison, compare
 from .evaluation.ranking import EvaluationResult
 from .jobs.export import ExportResult, export_model
 from .inference.predictor import Prediction, Predictor
@@ -24,7 +25,7 @@ from .jobs.tune import TuneResult, tune
 from .models.builder import build_model
 from .results import Result
 
-__all__ = ["DataContext", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report",
-           "Result", "RunConfig", "TrainOutcome", "build_config", "build_model", "distill", "evaluate",
+__all__ = ["Comparison", "DataContext", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report",
+           "Result", "RunConfig", "TrainOutcome", "build_config", "build_model", "compare", "distill", "evaluate",
            "export_model", "from_dataframes", "load_dataset", "load_model", "load_run_config", "pipeline",
            "resolve_model_dir", "serve", "to_dataframes", "train", "TuneResult", "tune"]

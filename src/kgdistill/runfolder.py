@@ -2,9 +2,9 @@
 ``save_to_directory``): every job reads and writes its folder through :class:`RunFolder`.
 
 A run folder holds ``config.yaml`` (the resolved config), ``run.json`` (seed, versions, precision), the training log
-``train_log.jsonl``, ``train_summary.json``, ``metrics.json``, the two checkpoints (self-contained model folders) and a
-model card; a pipeline's folder holds ``plan.json``, one stage folder per stage (each marked done by ``stage.json``)
-and the report.
+``train_log.jsonl``, ``train_summary.json``, ``metrics.json`` with ``ranks.npz`` (per-query ranks), the two
+checkpoints (self-contained model folders) and a model card; a pipeline's folder holds ``plan.json``, one stage
+folder per stage (each marked done by ``stage.json``) and the report.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class RunFolder:
     SUMMARY = "train_summary.json"
     METRICS = "metrics.json"
     PREDICTIONS = "predictions.jsonl"
+    RANKS = "ranks.npz"  # every evaluated query's rank, per variant (kgdistill compare)
     LAST = "checkpoint-last"
     BEST = "checkpoint-best"
     CARD = "README.md"

@@ -70,3 +70,20 @@ def test_report_states_each_students_gap_to_its_controls():
     text = report.markdown()
     assert "direct control at equal compute (02-grade1-2L-direct): -7.00 MRR; the control is ahead" in text
     assert "at equal steps (02-grade1-2L-direct-steps): +2.00 MRR; the student is ahead" in text
+
+
+def test_control_gaps_carry_the_splits_sampling_interval(tiny_config, tmp_path):
+    """A pipeline with a control: its gap comes with the paired-bootstrap interval of ``kgdistill compare``."""
+    from kgdistill.evaluation.compare import compare
+    from kgdistill.jobs.pipeline import pipeline
+
+    config = tiny_config(train__max_steps=2, distill__stage_steps=2, distill__pre_distill=False,
+                         distill__grades=[{"layers": 2, "mask_rate": 0.0}], distill__controls=["direct"])
+    report = pipeline(config, tmp_path / "p", progress=False)
+    (gap,) = report.to_dict()["control_gaps"]
+    expected = compare(tmp_path / "p/02-grade1-2L", tmp_path / "p/02-grade1-2L-direct", resamples=2000).metrics["mrr"]
+    assert gap["mrr_gap_interval"] == [expected["low"], expected["high"]]
+    assert expected["low"] <= gap["mrr_gap"] <= expected["high"]
+    assert "paired-bootstrap interval over the split's triples" in report.markdown()
+    (tmp_path / "p/02-grade1-2L-direct/ranks.npz").unlink()  # an evaluation saved before ranks were: no interval
+    assert report.control_gaps()[0]["mrr_gap_interval"] is None

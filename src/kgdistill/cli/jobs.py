@@ -1,4 +1,4 @@
-"""Subcommands that make run folders or measure: train, evaluate, distill, pipeline, tune, bench, convert, subgraph. Each prints its
+"""Subcommands that make run folders or measure: train, evaluate, compare, distill, pipeline, tune, bench, convert, subgraph. Each prints its
 result's ``table()``, or ``to_dict()`` as JSON with ``--json``."""
 from __future__ import annotations
 
@@ -81,6 +81,13 @@ def cmd_evaluate(args) -> None:
     check_output_dir(args.output, "--output")
     check_model_dataset(check_model(args.model, "--model", config.eval.checkpoint), args.dataset)
     _print(evaluate(args.model, config, args.output), args.json)
+
+
+def cmd_compare(args) -> None:
+    """``kgdistill compare``."""
+    from ..evaluation.compare import compare
+
+    _print(compare(args.a, args.b, args.variant, args.resamples, args.confidence, args.seed), args.json)
 
 
 def cmd_distill(args) -> None:
@@ -193,6 +200,17 @@ def add_commands(sub) -> None:
     p.add_argument("--output", help="folder for metrics.json (default: the run folder)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="two models evaluated alike, query by query: metric differences with a paired "
+                                       "bootstrap interval")
+    p.add_argument("a", help="evaluation folder (a run folder or an evaluate --output folder)")
+    p.add_argument("b", help="evaluation folder of the same split, filter, tie policy and re-ranking")
+    p.add_argument("--variant", default="no_rerank", choices=["no_rerank", "rerank"], help="default %(default)s")
+    p.add_argument("--resamples", type=_positive_int, default=10_000, help="bootstrap resamples; default %(default)s")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval's coverage; default %(default)s")
+    p.add_argument("--seed", type=int, default=0, help="resampling seed; default %(default)s")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("distill", help="one PMD stage: a student taught by a trained model")
     _config_args(p)

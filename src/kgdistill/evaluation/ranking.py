@@ -2,6 +2,7 @@
 (docs/METHOD.md, "Evaluation"): the :class:`Evaluator` and its :class:`EvaluationResult`."""
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
@@ -26,6 +27,9 @@ from .ranks import NeighborhoodReranker, known_answer_pairs, rank_in_memory
 from .streaming import EntityShards, rank_streaming, write_entity_shards
 
 METRIC_KEYS = ("mr", "mrr", "hits@1", "hits@3", "hits@10")
+# What makes two evaluations comparable: the same split and triples, candidates, filter, tie policy and re-ranking.
+EVALUATION_KEYS = ("split", "num_triples", "num_entities", "filter", "tie_policy", "rerank_config",
+                   "dataset_fingerprint")
 
 
 @torch.no_grad()
@@ -54,12 +58,14 @@ def encode_store(encode, store: TokenStore, tokenized: Tokenized, device: torch.
 
 @dataclass
 class EvaluationResult(Result):
-    """Filtered-ranking metrics of one split (``metrics``: per variant and direction), timings and, with
+    """Filtered-ranking metrics of one split (``metrics``: per variant and direction), timings, every query's rank
+    per variant (forward queries, then backward: what ``kgdistill compare`` pairs up) and, with
     ``eval.dump_predictions``, every query's top 10."""
 
     metrics: dict
     seconds: dict = field(default_factory=dict)
     predictions: list | None = None
+    ranks: dict[str, np.ndarray] | None = None
 
     def to_dict(self) -> dict:
         """What ``metrics.json`` holds: the metrics and the timings."""
@@ -98,8 +104,13 @@ class EvaluationResult(Result):
         return "\n".join(lines)
 
     def save(self, folder: str | Path) -> Path:
-        """``metrics.json``, and ``predictions.jsonl`` when the predictions were dumped."""
+        """``metrics.json``, ``ranks.npz`` (per-query ranks) and ``predictions.jsonl`` when the predictions were
+        dumped."""
         folder = Path(folder)
+        if self.ranks is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, **{name: np.asarray(r, dtype=np.float64) for name, r in self.ranks.items()})
+            RunFolder(folder).write_bytes(RunFolder.RANKS, buffer.getvalue())
         RunFolder(folder).write_json(RunFolder.METRICS, self.to_dict())
         if self.predictions is not None:
             RunFolder(folder).write_text(RunFolder.PREDICTIONS, "".join(json.dumps(p) + "\n" for p in self.predictions))
@@ -210,7 +221,7 @@ class Evaluator:
         if self.reranker is not None:
             metrics["rerank_config"] = {"weight": self.reranker.weight, "hops": self.reranker.hops}
         seconds = {"encode_entities": t1 - t0, "encode_queries": t2 - t1, "rank": t3 - t2, "total": t3 - t0}
-        return EvaluationResult(metrics, seconds, predictions)
+        return EvaluationResult(metrics, seconds, predictions, ranks)
 
     def _dump(self, q: np.ndarray, top_values: torch.Tensor, top_indices: torch.Tensor,
               ranks: np.ndarray) -> list[dict]:

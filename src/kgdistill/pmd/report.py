@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import KGDistillError
+from ..evaluation.compare import compare
+from ..evaluation.ranking import EVALUATION_KEYS
 from ..runfolder import RunFolder
 from ..store.saved import load_run_config, read_run_files, resolve_model_dir
 from ..results import Result, figure_png
@@ -46,9 +48,6 @@ def objective_of(run_dir: Path, kind: str) -> str:
     return " + ".join(f"{weight:g} {name}" for name, weight in stage_terms(d, d.mask_rate or 0.0)[1])
 
 
-# What makes two evaluations comparable: the same split and triples, candidates, filter, tie policy and re-ranking.
-EVALUATION_KEYS = ("split", "num_triples", "num_entities", "filter", "tie_policy", "rerank_config",
-                   "dataset_fingerprint")
 
 
 def check_comparable(rows: list[dict]) -> None:
@@ -83,6 +82,18 @@ def teacher_status(run_dir: Path, window: float = 0.25, tolerance: float = 0.005
             "valid_mrr_range_last_quarter": moved}
 
 
+def _gap_interval(student_dir: str | None, control_dir: str | None) -> list[float] | None:
+    """The 95 % paired-bootstrap interval of student minus control MRR (:func:`~kgdistill.evaluation.compare.compare`);
+    None for rows without a folder or evaluations saved without per-query ranks."""
+    if student_dir is None or control_dir is None:
+        return None
+    try:
+        mrr = compare(student_dir, control_dir, resamples=2000).metrics["mrr"]
+    except KGDistillError:
+        return None
+    return [mrr["low"], mrr["high"]]
+
+
 @dataclass
 class Report(Result):
     """What ``pipeline`` returns: one row per model of the ladder (the teacher first) with its size, speed and
@@ -105,7 +116,8 @@ class Report(Result):
             if student is not None:
                 gaps.append({"student": student["name"], "control": control["name"], "kind": control["kind"],
                              "equal": "steps" if control["name"].endswith("-steps") else "compute",
-                             "mrr_gap": student["no_rerank"]["mrr"] - control["no_rerank"]["mrr"]})
+                             "mrr_gap": student["no_rerank"]["mrr"] - control["no_rerank"]["mrr"],
+                             "mrr_gap_interval": _gap_interval(student.get("run_dir"), control.get("run_dir"))})
         return gaps
 
     def to_df(self):
@@ -141,8 +153,11 @@ class Report(Result):
             verdict = ("the student is ahead" if gap["mrr_gap"] >= 0.01 else
                        "the control is ahead (an unfinished teacher?)" if gap["mrr_gap"] <= -0.01 else
                        "within 1 MRR: compare the seed spread")
+            interval = gap.get("mrr_gap_interval")
+            sampling = (f" (95 % paired-bootstrap interval over the split's triples {interval[0] * 100:+.2f} to "
+                        f"{interval[1] * 100:+.2f}: evaluation noise, not seed spread)" if interval else "")
             lines.append(f"\n{gap['student']} against its {gap['kind']} control at equal {gap['equal']} "
-                         f"({gap['control']}): {gap['mrr_gap'] * 100:+.2f} MRR; {verdict}.")
+                         f"({gap['control']}): {gap['mrr_gap'] * 100:+.2f} MRR{sampling}; {verdict}.")
         return "\n".join(lines)
 
     def teacher_line(self) -> str:
