@@ -252,3 +252,17 @@ def environment_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
     }
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object of a run folder; empty when the file is absent (a run without evaluation has no metrics.json),
+    a :class:`CheckpointError` naming the file when it is not a JSON object."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise CheckpointError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data

@@ -14,7 +14,8 @@ from ..pmd.plan import Stage, distill_budget, plan, stage_run_config
 from ..pmd.report import Report, build_report
 from ..runfolder import RunFolder
 from ..store.model_card import write_model_card
-from ..store.saved import load_model, read_json_object
+from ..io import read_json_object
+from ..store.saved import load_model
 from ..training.callbacks import Callback, StepEnd
 from ..training.trackers import make_trackers
 from .distill import check_gradient_cache, distill

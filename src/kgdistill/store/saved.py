@@ -11,6 +11,7 @@ import yaml
 
 from ..config import RunConfig, config_from_dict
 from ..errors import CheckpointError, KGDistillError
+from ..io import read_json_object
 from ..models.biencoder import BiEncoder, load_model_tokenizer
 from ..runfolder import RunFolder
 
@@ -81,20 +82,6 @@ def trained_steps(path: str | Path) -> int | None:
         if isinstance(steps, int) and steps > 0:
             return steps
     return None
-
-
-def read_json_object(path: Path) -> dict:
-    """A JSON object of a run folder; empty when the file is absent (a run without evaluation has no metrics.json),
-    a :class:`CheckpointError` naming the file when it is not a JSON object."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise CheckpointError(f"{path}: not valid JSON") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
 
 
 @dataclass
