@@ -74,6 +74,8 @@ def test_interval_width_matches_the_standard_error(tmp_path):
     (lambda a, b: (b / "ranks.npz").write_bytes(b"not a zip"), "not a readable ranks file"),
     (lambda a, b: (b / "metrics.json").unlink(), "no metrics.json here"),
     (lambda a, b: (b / "metrics.json").write_text("{"), "metrics.json: not valid JSON"),
+    (lambda a, b: (b / "metrics.json").write_text(json.dumps({"split": "valid", "num_triples": 0})),
+     "num_triples is 0, not a positive count"),
     (lambda a, b: EvaluationResult(json.loads((a / "metrics.json").read_text()),
                                    ranks={"no_rerank": np.ones(6)}).save(b), "6 ranks, but metrics.json counts 2"),
     (lambda a, b: EvaluationResult(json.loads((a / "metrics.json").read_text()),

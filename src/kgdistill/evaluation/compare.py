@@ -55,7 +55,10 @@ def read_evaluation(folder: str | Path, variant: str) -> tuple[dict, np.ndarray]
             ranks = np.asarray(data[variant], dtype=np.float64)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         raise KGDistillError(f"{path}: not a readable ranks file (evaluate the model again)") from None
-    expected = 2 * int(metrics.get("num_triples", -1))
+    triples = metrics.get("num_triples")
+    if not isinstance(triples, int) or triples < 1:
+        raise KGDistillError(f"{folder / RunFolder.METRICS}: num_triples is {triples!r}, not a positive count")
+    expected = 2 * triples
     if ranks.ndim != 1 or len(ranks) != expected or not np.all(ranks >= 1):
         raise KGDistillError(f"{path}: {ranks.size} ranks, but {RunFolder.METRICS} counts {expected // 2} triples "
                              f"(two queries each, every rank >= 1); evaluate the model again")
