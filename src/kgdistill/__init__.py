@@ -3,9 +3,8 @@
 Public API (imports are lazy, so ``import kgdistill`` stays cheap and runs nothing): the jobs ``train``,
 ``evaluate``, ``compare``, ``distill``, ``pipeline`` and ``export_model``, each returning a typed result
 (``TrainOutcome``, ``EvaluationResult``, ``Comparison``, ``Report``, ``ExportResult``: ``to_dict()``, ``table()``,
-``save(folder)``); ``Predictor``
-and ``serve`` to use a trained model; ``load_dataset``, ``load_model``, ``build_config``, ``RunConfig``; and
-``KGDistillError``, the base of every error caused by user input.
+``save(folder)``); ``Predictor`` and ``serve`` to use a trained model; ``load_dataset``, ``load_model``,
+``build_config``, ``RunConfig``; and ``KGDistillError``, the base of every error caused by user input.
 """
 from __future__ import annotations
 
@@ -59,10 +58,10 @@ _EXPORTS = {
     "KGDistillError": "kgdistill.errors",
 }
 
-__all__ = ["Comparison", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report", "Result",
-           "RunConfig", "TrainOutcome", "__version__", "build_config", "compare", "distill", "evaluate", "export_model",
-           "from_dataframes", "load_dataset", "load_model", "pipeline", "serve", "to_dataframes", "train", "TuneResult",
-           "tune"]
+__all__ = ["Comparison", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report",
+           "Result", "RunConfig", "TrainOutcome", "__version__", "build_config", "compare", "distill", "evaluate",
+           "export_model", "from_dataframes", "load_dataset", "load_model", "pipeline", "serve", "to_dataframes",
+           "train", "TuneResult", "tune"]
 
 
 def __getattr__(name: str):

@@ -25,7 +25,7 @@ from .jobs.tune import TuneResult, tune
 from .models.builder import build_model
 from .results import Result
 
-__all__ = ["Comparison", "DataContext", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report",
-           "Result", "RunConfig", "TrainOutcome", "build_config", "build_model", "compare", "distill", "evaluate",
-           "export_model", "from_dataframes", "load_dataset", "load_model", "load_run_config", "pipeline",
+__all__ = ["Comparison", "DataContext", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor",
+           "Report", "Result", "RunConfig", "TrainOutcome", "build_config", "build_model", "compare", "distill",
+           "evaluate", "export_model", "from_dataframes", "load_dataset", "load_model", "load_run_config", "pipeline",
            "resolve_model_dir", "serve", "to_dataframes", "train", "TuneResult", "tune"]

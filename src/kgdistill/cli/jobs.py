@@ -1,5 +1,5 @@
-"""Subcommands that make run folders or measure: train, evaluate, compare, distill, pipeline, tune, bench, convert, subgraph. Each prints its
-result's ``table()``, or ``to_dict()`` as JSON with ``--json``."""
+"""Subcommands that make run folders or measure: train, evaluate, compare, distill, pipeline, tune, bench, convert,
+subgraph. Each prints its result's ``table()``, or ``to_dict()`` as JSON with ``--json``."""
 from __future__ import annotations
 
 import argparse

@@ -17,7 +17,7 @@ from ..errors import KGDistillError
 from ..results import Result
 from ..runfolder import RunFolder
 from ..io import read_json_object
-from .ranking import EVALUATION_KEYS
+from .ranking import evaluation_mismatch
 
 COMPARED = ("mrr", "hits@1", "hits@3", "hits@10")
 
@@ -90,7 +90,8 @@ class Comparison(Result):
         interval = f"{self.confidence:.0%} interval {m['low'] * 100:+.2f} to {m['high'] * 100:+.2f}"
         if m["low"] > 0 or m["high"] < 0:
             leader = "a" if m["low"] > 0 else "b"
-            return f"MRR a - b = {m['difference'] * 100:+.2f} ({interval}): {leader} is ahead beyond the split's sampling"
+            return (f"MRR a - b = {m['difference'] * 100:+.2f} ({interval}): {leader} is ahead beyond the split's "
+                    f"sampling")
         return (f"MRR a - b = {m['difference'] * 100:+.2f} ({interval}): within what the split's sampling allows; "
                 f"not a difference this split can show")
 
@@ -121,10 +122,10 @@ def compare(a: str | Path, b: str | Path, variant: str = "no_rerank", resamples:
         raise KGDistillError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     metrics_a, ranks_a = read_evaluation(a, variant)
     metrics_b, ranks_b = read_evaluation(b, variant)
-    for key in EVALUATION_KEYS:
-        if metrics_a.get(key) != metrics_b.get(key):
-            raise KGDistillError(f"{b}: evaluated with {key} {metrics_b.get(key)!r} but {a} with "
-                                 f"{metrics_a.get(key)!r}; only evaluations made alike compare query by query")
+    key = evaluation_mismatch(metrics_a, metrics_b)
+    if key is not None:
+        raise KGDistillError(f"{b}: evaluated with {key} {metrics_b.get(key)!r} but {a} with "
+                             f"{metrics_a.get(key)!r}; only evaluations made alike compare query by query")
     n = int(metrics_a["num_triples"])
     values_a, values_b = _per_triple(ranks_a, n), _per_triple(ranks_b, n)
     differences = values_a - values_b

@@ -32,6 +32,11 @@ EVALUATION_KEYS = ("split", "num_triples", "num_entities", "filter", "tie_policy
                    "dataset_fingerprint")
 
 
+def evaluation_mismatch(reference: dict, other: dict) -> str | None:
+    """The first of :data:`EVALUATION_KEYS` on which two evaluations (``metrics.json`` contents) differ, else None."""
+    return next((key for key in EVALUATION_KEYS if other.get(key) != reference.get(key)), None)
+
+
 @torch.no_grad()
 def encode_store(encode, store: TokenStore, tokenized: Tokenized, device: torch.device, batch_size: int,
                  precision: str = "auto", desc: str | None = None, rows: np.ndarray | None = None) -> torch.Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import KGDistillError
 from ..evaluation.compare import compare
-from ..evaluation.ranking import EVALUATION_KEYS
+from ..evaluation.ranking import EVALUATION_KEYS, evaluation_mismatch
 from ..runfolder import RunFolder
 from ..store.saved import load_run_config, read_run_files, resolve_model_dir
 from ..results import Result, figure_png
@@ -55,11 +55,11 @@ def check_comparable(rows: list[dict]) -> None:
     candidate sets, filters, tie policies or re-ranking would compare nothing."""
     reference = rows[0]["evaluation"]
     for row in rows[1:]:
-        for key in EVALUATION_KEYS:
-            if row["evaluation"][key] != reference[key]:
-                raise KGDistillError(f"report row '{row['name']}' ({row['run_dir']}): evaluated with {key} "
-                                     f"{row['evaluation'][key]!r} but the teacher with {reference[key]!r}; "
-                                     f"re-evaluate it alike (kgdistill evaluate --split ...)")
+        key = evaluation_mismatch(reference, row["evaluation"])
+        if key is not None:
+            raise KGDistillError(f"report row '{row['name']}' ({row['run_dir']}): evaluated with {key} "
+                                 f"{row['evaluation'][key]!r} but the teacher with {reference[key]!r}; "
+                                 f"re-evaluate it alike (kgdistill evaluate --split ...)")
 
 
 def teacher_status(run_dir: Path, window: float = 0.25, tolerance: float = 0.005) -> dict:
