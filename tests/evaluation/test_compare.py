@@ -115,3 +115,53 @@ def test_evaluate_saves_ranks_and_compare_runs_from_the_command_line(run_dir, tm
     assert "within what the split's sampling allows" in capsys.readouterr().out
     assert_user_error(main(["compare", str(tmp_path / "valid"), str(tmp_path / "test")]), capsys.readouterr().err,
                       ["evaluated with split 'test'"])
+
+
+def test_several_seeds_a_side_average_their_runs_and_widen_the_interval(tmp_path):
+    """Per side, the point estimate is the mean over its runs; drawing the runs as well as the triples puts the seeds'
+    spread into the interval: runs of MRR 1 and 1/3 against 1/2 span -1/6 to +1/2, however many triples agree."""
+    best = _save(tmp_path / "a1", [1] * 8, [1] * 8)
+    worst = _save(tmp_path / "a2", [3] * 8, [3] * 8)
+    control = _save(tmp_path / "b1", [2] * 8, [2] * 8)
+    result = compare([best, worst], [control], resamples=2000)
+    m = result.metrics["mrr"]
+    assert result.over_seeds and result.a == [str(best), str(worst)]
+    assert m["a_runs"] == pytest.approx([1, 1 / 3]) and m["b_runs"] == pytest.approx([0.5])
+    assert m["a"] == pytest.approx(2 / 3) and m["difference"] == pytest.approx(2 / 3 - 0.5)
+    assert m["low"] == pytest.approx(1 / 3 - 0.5) and m["high"] == pytest.approx(0.5)
+    assert "seeds' spread of a" in result.verdict() and "MRR of each run of a: 100.00 / 33.33" in result.table()
+    # the same two models compared one run each: nothing but the triples is drawn, and every query agrees
+    single = compare(best, control, resamples=200).metrics["mrr"]
+    assert single["low"] == pytest.approx(0.5) == single["high"]
+
+
+def test_copies_of_one_run_give_the_single_run_interval(tmp_path):
+    rng = np.random.default_rng(5)
+    a = _save(tmp_path / "a", rng.integers(1, 30, 200), rng.integers(1, 30, 200))
+    b = _save(tmp_path / "b", rng.integers(1, 30, 200), rng.integers(1, 30, 200))
+    one = compare(a, b, resamples=1000, seed=2).metrics
+    copies = compare([a, a, a], [b, b], resamples=1000, seed=2).metrics
+    for key in one:
+        for field in ("a", "b", "difference", "low", "high", "share_a_ahead"):
+            assert copies[key][field] == pytest.approx(one[key][field])
+
+
+def test_every_run_of_a_side_must_be_evaluated_alike(tmp_path):
+    a1, b1 = _save(tmp_path / "a1", [1, 2], [1, 2]), _save(tmp_path / "b1", [1, 3], [2, 2])
+    a2 = _save(tmp_path / "a2", [1, 2], [1, 2], split="test")
+    with pytest.raises(KGDistillError) as info:
+        compare([a1, a2], [b1], resamples=10)
+    assert one_line(info.value).startswith(f"{a2}: evaluated with split 'test'")
+    with pytest.raises(KGDistillError, match="no evaluation folder given for b"):
+        compare([a1], [], resamples=10)
+
+
+def test_seeds_from_the_command_line(tmp_path, capsys):
+    runs = [_save(tmp_path / name, [1, 2, 4], [2, 1, 3]) for name in ("a1", "a2", "b1", "b2")]
+    assert main(["compare", str(runs[0]), str(runs[1]), "--against", str(runs[2]), str(runs[3]),
+                 "--resamples", "100", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["over_seeds"] is True and printed["b"] == [str(runs[2]), str(runs[3])]
+    assert printed["metrics"]["mrr"]["difference"] == 0 and len(printed["metrics"]["mrr"]["a_runs"]) == 2
+    assert_user_error(main(["compare", str(runs[0]), str(runs[1]), str(runs[2])]), capsys.readouterr().err,
+                      ["3 folders given without --against"])

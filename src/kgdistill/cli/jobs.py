@@ -87,7 +87,14 @@ def cmd_compare(args) -> None:
     """``kgdistill compare``."""
     from ..evaluation.compare import compare
 
-    _print(compare(args.a, args.b, args.variant, args.resamples, args.confidence, args.seed), args.json)
+    if args.against:
+        a, b = args.runs, args.against
+    elif len(args.runs) == 2:
+        a, b = args.runs
+    else:
+        raise KGDistillError(f"compare: {len(args.runs)} folders given without --against; give A B, or A1 A2 ... "
+                             f"--against B1 B2 ... (one folder per seed)")
+    _print(compare(a, b, args.variant, args.resamples, args.confidence, args.seed), args.json)
 
 
 def cmd_distill(args) -> None:
@@ -201,10 +208,13 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="two models evaluated alike, query by query: metric differences with a paired "
-                                       "bootstrap interval")
-    p.add_argument("a", help="evaluation folder (a run folder or an evaluate --output folder)")
-    p.add_argument("b", help="evaluation folder of the same split, filter, tie policy and re-ranking")
+    p = sub.add_parser("compare", help="two models (or two recipes over seeds) evaluated alike, query by query: "
+                                       "metric differences with a paired bootstrap interval")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="A B: two evaluation folders (run folders or evaluate --output folders) of the same split, "
+                        "filter, tie policy and re-ranking; with --against: the folders of a, one per seed")
+    p.add_argument("--against", nargs="+", metavar="RUN",
+                   help="the folders of b, one per seed: the interval then resamples seeds as well as triples")
     p.add_argument("--variant", default="no_rerank", choices=["no_rerank", "rerank"], help="default %(default)s")
     p.add_argument("--resamples", type=_positive_int, default=10_000, help="bootstrap resamples; default %(default)s")
     p.add_argument("--confidence", type=float, default=0.95, help="interval's coverage; default %(default)s")
