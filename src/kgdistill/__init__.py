@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name is i
     from .jobs.distill import distill
     from .jobs.pipeline import pipeline
     from .pmd.report import Report
+    from .pmd.seeds import SeedsReport, seeds_report
     from .errors import KGDistillError
     from .evaluation.compare import Comparison, compare
     from .evaluation.ranking import EvaluationResult
@@ -39,6 +40,8 @@ _EXPORTS = {
     "distill": "kgdistill.jobs.distill",
     "pipeline": "kgdistill.jobs.pipeline",
     "Report": "kgdistill.pmd.report",
+    "SeedsReport": "kgdistill.pmd.seeds",
+    "seeds_report": "kgdistill.pmd.seeds",
     "EvaluationResult": "kgdistill.evaluation.ranking",
     "compare": "kgdistill.evaluation.compare",
     "Comparison": "kgdistill.evaluation.compare",
@@ -59,9 +62,9 @@ _EXPORTS = {
 }
 
 __all__ = ["Comparison", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor", "Report",
-           "Result", "RunConfig", "TrainOutcome", "__version__", "build_config", "compare", "distill", "evaluate",
-           "export_model", "from_dataframes", "load_dataset", "load_model", "pipeline", "serve", "to_dataframes",
-           "train", "TuneResult", "tune"]
+           "Result", "RunConfig", "SeedsReport", "TrainOutcome", "__version__", "build_config", "compare", "distill",
+           "evaluate", "export_model", "from_dataframes", "load_dataset", "load_model", "pipeline", "seeds_report",
+           "serve", "to_dataframes", "train", "TuneResult", "tune"]
 
 
 def __getattr__(name: str):

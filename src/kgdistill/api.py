@@ -11,6 +11,7 @@ from .data.loading import load_dataset
 from .jobs.distill import distill
 from .jobs.pipeline import pipeline
 from .pmd.report import Report
+from .pmd.seeds import SeedsReport, seeds_report
 from .errors import KGDistillError
 from .evaluation.compare import Comparison, compare
 from .evaluation.ranking import EvaluationResult
@@ -25,7 +26,8 @@ from .jobs.tune import TuneResult, tune
 from .models.builder import build_model
 from .results import Result
 
-__all__ = ["Comparison", "DataContext", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction", "Predictor",
-           "Report", "Result", "RunConfig", "TrainOutcome", "build_config", "build_model", "compare", "distill",
-           "evaluate", "export_model", "from_dataframes", "load_dataset", "load_model", "load_run_config", "pipeline",
-           "resolve_model_dir", "serve", "to_dataframes", "train", "TuneResult", "tune"]
+__all__ = ["Comparison", "DataContext", "EvaluationResult", "ExportResult", "KGDistillError", "Prediction",
+           "Predictor", "Report", "Result", "RunConfig", "SeedsReport", "TrainOutcome", "build_config", "build_model",
+           "compare", "distill", "evaluate", "export_model", "from_dataframes", "load_dataset", "load_model",
+           "load_run_config", "pipeline", "resolve_model_dir", "seeds_report", "serve", "to_dataframes", "train",
+           "TuneResult", "tune"]

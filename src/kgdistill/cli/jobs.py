@@ -1,5 +1,5 @@
-"""Subcommands that make run folders or measure: train, evaluate, compare, distill, pipeline, tune, bench, convert,
-subgraph. Each prints its result's ``table()``, or ``to_dict()`` as JSON with ``--json``."""
+"""Subcommands that make run folders or measure: train, evaluate, compare, distill, pipeline, report, tune, bench,
+convert, subgraph. Each prints its result's ``table()``, or ``to_dict()`` as JSON with ``--json``."""
 from __future__ import annotations
 
 import argparse
@@ -27,8 +27,9 @@ def _config_args(parser: argparse.ArgumentParser, training: bool = True) -> None
     parser.add_argument("--dataset", help="bundled dataset name (wn18rr, fb15k-237) or a dataset folder")
     if training:
         parser.add_argument("--plm", help="'default' (packaged all-MiniLM-L6-v2) or a local Hugging Face model folder")
-        parser.add_argument("--preset", default="quick", help="quick (2 CPU cores: teacher + one-jump 2-layer student), quick-ladder (2 CPU cores: "
-                            "PMD's progressive ladder) or paper (GPU); default %(default)s")
+        parser.add_argument("--preset", default="quick",
+                            help="quick (2 CPU cores: teacher + one-jump 2-layer student), quick-ladder (2 CPU "
+                                 "cores: PMD's progressive ladder) or paper (GPU); default %(default)s")
     parser.add_argument("--config", help="YAML or JSON config file")
     if training:
         parser.add_argument("--seed", type=int)
@@ -125,6 +126,18 @@ def cmd_pipeline(args) -> None:
         resolve_plm(config.model.plm)
         check_dataset(config.data.dataset, config.data.format)
     _print(pipeline(config, args.output_dir, tracker=args.tracker), args.json)
+
+
+def cmd_report(args) -> None:
+    """``kgdistill report``."""
+    from ..pmd.seeds import seeds_report
+
+    if args.output:
+        check_output_dir(args.output, "--output")
+    result = seeds_report(args.pipelines, args.resamples)
+    if args.output:
+        result.save(args.output)
+    _print(result, args.json)
 
 
 def cmd_bench(args) -> None:
@@ -240,6 +253,14 @@ def add_commands(sub) -> None:
     _tracker_arg(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("report", help="one pipeline recipe over seeds: each model's mean and range, each "
+                                      "student-control gap with an interval over seeds and triples")
+    p.add_argument("pipelines", nargs="+", metavar="PIPELINE", help="finished pipeline folders, one per seed")
+    p.add_argument("--resamples", type=_positive_int, default=10_000, help="bootstrap resamples; default %(default)s")
+    p.add_argument("--output", help="folder for seeds-report.json, .md and .png (default: print only)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="measure matmul peak, encoder GFLOP/s, training and evaluation speed")
     p.add_argument("--quick", action="store_true", help="skip the full evaluation and fp32/batch-256 training")
