@@ -38,6 +38,7 @@ def _read_pipeline(folder: Path) -> tuple[dict, int]:
 
 
 def _spread(values: list[float]) -> dict:
+    """Mean, range and the values themselves, in seed order: the range is what a reader checks a gap against."""
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "by_seed": values}
 
 
