@@ -182,11 +182,11 @@ def compare(a: str | Path | list, b: str | Path | list, variant: str = "no_reran
         picks_a = rng.integers(0, len(runs_a), size=(size, len(runs_a))) if len(runs_a) > 1 else None
         picks_b = rng.integers(0, len(runs_b), size=(size, len(runs_b))) if len(runs_b) > 1 else None
         samples.append(_mean_over_drawn(counts, values_a, picks_a) - _mean_over_drawn(counts, values_b, picks_b))
-    samples = np.concatenate(samples)  # a tie counts as a tie despite rounding in the means (1e-12 below)
+    samples = np.concatenate(samples)
     tail = (1 - confidence) / 2
     low, high = np.quantile(samples, [tail, 1 - tail], axis=0)
     per_run_a, per_run_b = values_a.mean(axis=1), values_b.mean(axis=1)  # run x metric
-    result = {}
+    result = {}  # share_a_ahead: a tie stays a tie despite rounding in the means (hence 1e-12, not 0)
     for i, key in enumerate(COMPARED):
         mean_a, mean_b = float(per_run_a[:, i].mean()), float(per_run_b[:, i].mean())
         result[key] = {"a": mean_a, "b": mean_b, "difference": mean_a - mean_b, "low": float(low[i]),

@@ -82,6 +82,14 @@ def teacher_status(run_dir: Path, window: float = 0.25, tolerance: float = 0.005
             "valid_mrr_range_last_quarter": moved}
 
 
+def teacher_state(status: dict) -> str:
+    """:func:`teacher_status` in words: whether the teacher converged, and how far its valid MRR moved."""
+    if "valid_mrr_range_last_quarter" not in status:
+        return status.get("status", "unknown")
+    return (f"{status['status']}: valid MRR moved {status['valid_mrr_range_last_quarter'] * 100:.2f} over the last "
+            f"quarter of its {status['steps']} steps")
+
+
 def _gap_interval(student_dir: str | None, control_dir: str | None) -> list[float] | None:
     """The 95 % paired-bootstrap interval of student minus control MRR (:func:`~kgdistill.evaluation.compare.compare`);
     None for rows without a folder or evaluations saved without per-query ranks."""
@@ -163,12 +171,7 @@ class Report(Result):
     def teacher_line(self) -> str:
         """The sentence above the table: what "% of teacher" is a percentage of."""
         t, split = self.teacher, self.rows[0]["evaluation"]["split"]
-        if "valid_mrr_range_last_quarter" in t:
-            how = (f"{t['status']}: valid MRR moved {t['valid_mrr_range_last_quarter'] * 100:.2f} over the last "
-                   f"quarter of its {t['steps']} steps")
-        else:
-            how = t["status"]
-        return f"% of teacher: of `{t['run_dir']}` ({how}); every row evaluated alike on {split}."
+        return f"% of teacher: of `{t['run_dir']}` ({teacher_state(t)}); every row evaluated alike on {split}."
 
     def plot(self) -> bytes:
         """PNG: MRR against parameters and against entity encoding speed, per kind of stage."""

@@ -19,6 +19,7 @@ from ..evaluation.ranking import evaluation_mismatch
 from ..io import read_json_object
 from ..results import Result, figure_png
 from ..runfolder import RunFolder
+from .report import teacher_state
 
 
 def _read_pipeline(folder: Path) -> tuple[dict, int]:
@@ -63,9 +64,7 @@ class SeedsReport(Result):
     def markdown(self) -> str:
         """The models as a Markdown table (MRR and Hits in %, mean and range over seeds), then one line per gap."""
         t = self.teacher
-        status = t.get("status", "unknown")
-        if "valid_mrr_range_last_quarter" in t:
-            status += f": valid MRR moved {t['valid_mrr_range_last_quarter'] * 100:.2f} over its last quarter"
+        status = teacher_state(t)
         teachers = ("one teacher" if t["distinct"] == 1 else
                     f"{t['distinct']} different teachers: each seed's % is of its own teacher")
         seeds = ", ".join(map(str, self.seeds))
@@ -158,19 +157,18 @@ def seeds_report(pipelines: list[str | Path], resamples: int = 10_000, confidenc
     for report in reports:
         pairs += [(g["student"], g["control"], g["equal"]) for g in report.get("control_gaps", [])
                   if (g["student"], g["control"], g["equal"]) not in pairs]
+    rows_by_name = [{row["name"]: row for row in report["rows"]} for report in reports]
     gaps = []
     for student, control, equal in pairs:
-        both = [(seed, folder) for seed, folder, report in zip(seeds, folders, reports)
-                if {student, control} <= {row["name"] for row in report["rows"]}]
-        by_seed = []
-        for _, folder in both:
-            rows = {row["name"]: row for row in reports[folders.index(folder)]["rows"]}
-            by_seed.append(rows[student]["no_rerank"]["mrr"] - rows[control]["no_rerank"]["mrr"])
-        gap = {"student": student, "control": control, "equal": equal, "seeds": [seed for seed, _ in both],
+        both = [(seed, folder, rows) for seed, folder, rows in zip(seeds, folders, rows_by_name)
+                if student in rows and control in rows]
+        by_seed = [rows[student]["no_rerank"]["mrr"] - rows[control]["no_rerank"]["mrr"] for _, _, rows in both]
+        gap = {"student": student, "control": control, "equal": equal, "seeds": [seed for seed, _, _ in both],
                "by_seed": by_seed, "mean": statistics.fmean(by_seed), "low": None, "high": None}
         try:
-            comparison = compare([folder / student for _, folder in both], [folder / control for _, folder in both],
-                                 resamples=resamples, confidence=confidence)
+            comparison = compare([folder / student for _, folder, _ in both],
+                                 [folder / control for _, folder, _ in both], resamples=resamples,
+                                 confidence=confidence)
         except KGDistillError as error:  # e.g. folders evaluated before per-query ranks were saved
             gap["verdict"] = f"mean {gap['mean'] * 100:+.2f} MRR; no interval ({error})"
         else:
