@@ -179,7 +179,7 @@ class DistillConfig:
     # trained longer gets a longer distillation. Used when budget is None.
     budget_ratio: float | None = None
     # per grade, also train: direct (same init, L_CE) | plm (PLM layers, L_CE), at the grade's compute; direct-steps |
-    # plm-steps at its number of steps
+    # plm-steps at its number of steps; direct-best | plm-best at its compute, scored at the best valid checkpoint
     controls: list[str] = field(default_factory=list)
     # Also train the serving recipe at the smallest grade's depth: a query-only student (student_side=query) taught
     # by the teacher, with the smallest grade's steps; its own row in the report.
@@ -283,8 +283,10 @@ _CHOICES = {
 
 
 # direct: same init as the PMD grade, L_CE only; plm: from the PLM's layers, L_CE only. Both get the PMD stage's
-# compute (more steps, having no teacher to run); with '-steps' they get its number of steps instead.
-CONTROLS = {"direct", "plm", "direct-steps", "plm-steps"}
+# compute (more steps, having no teacher to run); with '-steps' they get its number of steps instead; with '-best'
+# its compute, validated by valid MRR and scored at its best valid checkpoint (early stopping chosen on valid: the
+# strongest control plain fine-tuning gives).
+CONTROLS = {"direct", "plm", "direct-steps", "plm-steps", "direct-best", "plm-best"}
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

@@ -50,6 +50,37 @@ def test_pipeline_with_controls_and_one_jump(tiny_config, tmp_path):
     assert rows["pmd"]["objective"] == "0.8 ce + 0.1 score" and rows["teacher"]["objective"] == "ce"
 
 
+def test_a_best_control_is_early_stopped_on_valid_and_evaluate_scores_the_same_checkpoint(tiny_config, tmp_path):
+    """'direct-best' validates by valid MRR and is scored at checkpoint-best; ``evaluate`` on its folder, with no
+    eval.checkpoint given, scores that checkpoint too (an explicit one wins)."""
+    from kgdistill.config import RunConfig
+    from kgdistill.jobs.evaluate import evaluate
+    from kgdistill.jobs.pipeline import pipeline
+    from kgdistill.store.saved import chosen_checkpoint
+
+    config = tiny_config(train__max_steps=3, train__validate_every=1, distill__stage_steps=2, distill__pre_distill=False,
+                         distill__grades=[{"layers": 2, "mask_rate": 0.0}], distill__controls=["direct-best"],
+                         model__init_from="teacher")
+    report = pipeline(config, tmp_path / "p", progress=False)
+    control = tmp_path / "p/02-grade1-2L-direct-best"
+    saved = yaml.safe_load((control / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["train"]["valid_ranking"] and saved["eval"]["checkpoint"] == "best"
+    assert (control / "checkpoint-best/model.json").is_file()
+    assert [r["kind"] for r in report.rows] == ["teacher", "pmd", "direct"] and report.rows[2]["steps"] == 3
+    assert "direct control at equal compute, at its best valid checkpoint (02-grade1-2L-direct-best)" in report.markdown()
+    assert chosen_checkpoint(control, RunConfig()) == "best"
+    assert chosen_checkpoint(tmp_path / "p/02-grade1-2L", RunConfig()) == "last"
+    explicit = RunConfig()
+    explicit.mark_explicit({"eval.checkpoint"})
+    assert chosen_checkpoint(control, explicit) == "last"
+    in_run = json.loads((control / "metrics.json").read_text())["no_rerank"]["both"]
+    again = evaluate(control, output=tmp_path / "e", progress=False).to_dict()["no_rerank"]["both"]
+    best = evaluate(control / "checkpoint-best", output=tmp_path / "b", progress=False).to_dict()["no_rerank"]["both"]
+    assert in_run == again == best
+    last = evaluate(control, explicit, output=tmp_path / "l", progress=False).to_dict()["no_rerank"]["both"]
+    assert last != best  # at this seed the best valid checkpoint is not the last one: the choice is seen
+
+
 def test_pipeline_serving_grade_keeps_the_teachers_entity_encoder(tiny_config, tmp_path):
     from kgdistill.jobs.pipeline import pipeline
     from kgdistill.store.saved import load_model

@@ -121,3 +121,18 @@ def test_budget_ratio_gives_a_longer_trained_teacher_a_longer_distillation():
     assert {s.steps for s in plan(config, 6) if s.kind == "pmd"} == {config.distill.stage_steps}
     with pytest.raises(ConfigError, match="distill.budget_ratio"):
         build_config("quick", overrides={"distill": {"budget_ratio": 0}})
+
+
+def test_a_best_control_has_the_grades_compute_and_is_scored_at_its_best_valid_checkpoint():
+    from kgdistill.config import build_config
+    from kgdistill.pmd.plan import plan, stage_run_config
+
+    config = build_config("quick", overrides={"distill": {"budget": 180, "controls": ["direct", "direct-best"]}})
+    stages = {s.name: s for s in plan(config, 6)}
+    grade, last, best = (stages[n] for n in ("02-grade1-2L", "02-grade1-2L-direct", "02-grade1-2L-direct-best"))
+    assert best.kind == "direct" and best.steps == last.steps > grade.steps and best.cost == last.cost
+    assert (best.checkpoint, last.checkpoint, grade.checkpoint) == ("best", "last", "last")
+    job = stage_run_config(config, best, teacher="T")
+    assert job.train.valid_ranking and job.eval.checkpoint == "best" and job.distill.ablation == "direct"
+    plain = stage_run_config(config, last, teacher="T")
+    assert not plain.train.valid_ranking and plain.eval.checkpoint == "last"

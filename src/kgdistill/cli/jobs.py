@@ -77,10 +77,11 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     """``kgdistill evaluate``."""
     from ..jobs.evaluate import evaluate
+    from ..store.saved import chosen_checkpoint
 
     config = _build_config(args, {"eval": {"split": args.split}} if args.split else None)
     check_output_dir(args.output, "--output")
-    check_model_dataset(check_model(args.model, "--model", config.eval.checkpoint), args.dataset)
+    check_model_dataset(check_model(args.model, "--model", chosen_checkpoint(args.model, config)), args.dataset)
     _print(evaluate(args.model, config, args.output), args.json)
 
 

@@ -1,6 +1,7 @@
 """The evaluation jobs: a just-trained model in its run folder, or any saved model."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from ..config import RunConfig
@@ -8,7 +9,7 @@ from ..evaluation.ranking import EvaluationResult
 from ..models.biencoder import BiEncoder
 from ..runtime import pick_device
 from ..store.context import DataContext
-from ..store.saved import load_model, model_config, run_dir_of
+from ..store.saved import chosen_checkpoint, load_model, model_config, run_dir_of
 from ..runfolder import RunFolder
 
 
@@ -29,8 +30,11 @@ def evaluate(model_path: str | Path, config: RunConfig | None = None, output: st
     into ``output``).
 
     ``config`` (default: the defaults) supplies the evaluation, device and precision settings; the model's own
-    dataset and text settings apply unless the config's ``data.dataset`` was set by the user."""
-    config = config or RunConfig()
+    dataset and text settings apply unless the config's ``data.dataset`` was set by the user, and a run folder is
+    scored at the checkpoint it was evaluated at when trained unless ``eval.checkpoint`` was
+    (:func:`~kgdistill.store.saved.chosen_checkpoint`)."""
+    config = copy.deepcopy(config or RunConfig())
+    config.eval.checkpoint = chosen_checkpoint(model_path, config)
     model, tokenizer, folder = load_model(model_path, config.eval.checkpoint)
     job = model_config(folder, config.data.dataset if "data.dataset" in config.explicit else None)
     job.eval, job.train.device, job.train.precision = config.eval, config.train.device, config.train.precision

@@ -57,6 +57,7 @@ class Stage:
     kind: str = "pmd"  # teacher | pmd | direct | plm | query (the serving grade)
     teacher: str | None = None  # the stage whose model teaches (or initialises) this one
     cost: float = 1.0  # one step's compute in teacher training steps (step_cost)
+    checkpoint: str = "last"  # which checkpoint is scored: best (a '-best' control) follows valid MRR
 
 
 def distill_budget(config: RunConfig, teacher_steps: int | None = None) -> float | None:
@@ -102,12 +103,12 @@ def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> lis
             steps = max(1, round(share / cost))
         stage = Stage(name, layers, rate, steps or d.stage_steps, lr, "pmd", previous.name, cost)
         stages.append(stage)
-        for control in d.controls:  # 'direct'/'plm': the PMD stage's compute; '-steps': its steps
-            cost = step_cost(layers, previous.layers, depth, direct=True)
-            same_steps = control.endswith("-steps")
-            steps_ = stage.steps if same_steps else max(1, round(stage.steps * stage.cost / cost))
-            stages.append(Stage(f"{name}-{control}", layers, None, steps_, lr, control.removesuffix("-steps"),
-                                previous.name, cost))
+        for control in d.controls:  # 'direct'/'plm': the PMD stage's compute; '-steps': its steps; '-best': early
+            cost = step_cost(layers, previous.layers, depth, direct=True)  # stopped on valid MRR
+            kind, _, variant = control.partition("-")
+            steps_ = stage.steps if variant == "steps" else max(1, round(stage.steps * stage.cost / cost))
+            stages.append(Stage(f"{name}-{control}", layers, None, steps_, lr, kind, previous.name, cost,
+                                "best" if variant == "best" else "last"))
         previous = stage
     if d.serving_grade and previous.kind == "pmd":
         stages.append(Stage(f"{int(previous.name[:2]) + 1:02d}-serving-query-{previous.layers}L", previous.layers, 0.0,
@@ -131,4 +132,6 @@ def stage_run_config(config: RunConfig, stage: Stage, teacher: Path) -> RunConfi
         d.ablation = "direct"
     if stage.kind == "plm":
         config.model.init_from = "plm"
+    if stage.checkpoint == "best":  # valid MRR at every validation picks checkpoint-best, which is then scored
+        config.train.valid_ranking, config.eval.checkpoint = True, "best"
     return config

@@ -124,6 +124,7 @@ class Report(Result):
             if student is not None:
                 gaps.append({"student": student["name"], "control": control["name"], "kind": control["kind"],
                              "equal": "steps" if control["name"].endswith("-steps") else "compute",
+                             "checkpoint": "best valid" if control["name"].endswith("-best") else "last",
                              "mrr_gap": student["no_rerank"]["mrr"] - control["no_rerank"]["mrr"],
                              "mrr_gap_interval": _gap_interval(student.get("run_dir"), control.get("run_dir"))})
         return gaps
@@ -164,7 +165,8 @@ class Report(Result):
             interval = gap.get("mrr_gap_interval")
             sampling = (f" (95 % paired-bootstrap interval over the split's triples {interval[0] * 100:+.2f} to "
                         f"{interval[1] * 100:+.2f}: evaluation noise, not seed spread)" if interval else "")
-            lines.append(f"\n{gap['student']} against its {gap['kind']} control at equal {gap['equal']} "
+            at_best = ", at its best valid checkpoint" if gap.get("checkpoint") == "best valid" else ""
+            lines.append(f"\n{gap['student']} against its {gap['kind']} control at equal {gap['equal']}{at_best} "
                          f"({gap['control']}): {gap['mrr_gap'] * 100:+.2f} MRR{sampling}; {verdict}.")
         return "\n".join(lines)
 

@@ -44,6 +44,16 @@ def load_run_config(model_dir: Path) -> RunConfig | None:
     return None
 
 
+def chosen_checkpoint(path: str | Path, config: RunConfig) -> str:
+    """Which checkpoint of a run a job on it loads: ``eval.checkpoint`` when the user set it, else the one the run
+    itself was evaluated at (its config.yaml), so ``kgdistill evaluate RUN`` on an early-stopped run (a ``-best``
+    control) scores the checkpoint its own metrics came from."""
+    if "eval.checkpoint" in config.explicit:
+        return config.eval.checkpoint
+    saved = load_run_config(Path(path)) if Path(path).is_dir() else None
+    return saved.eval.checkpoint if saved is not None else config.eval.checkpoint
+
+
 def model_dataset(model_dir: Path) -> str | None:
     """The dataset named in a model folder's model.json, read without loading the weights."""
     try:
