@@ -154,6 +154,10 @@ class DistillConfig:
     # Beyond the paper: match the student's pooled query/entity vectors to the teacher's (as sentence-transformers
     # distils embedding models); added as + gamma * L_EMB, so gamma = 0 is the paper's objective.
     embedding_weight: float = 0.0
+    # gamma for a query-only student (student_side=query, and the serving grade); None: embedding_weight. Scored
+    # against the teacher's frozen entity vectors, such a student ranks as the teacher does exactly when its query
+    # vectors equal the teacher's, so it can lean harder on L_EMB than a symmetric student.
+    query_embedding_weight: float | None = None
     embedding_loss: str = "cosine"  # cosine (1 - cos) | mse
     # both: the student has both encoders at its depth (paper); query: only the query encoder is distilled, the
     # teacher's entity encoder (and so its entity index) is kept frozen, as a serving recipe.
@@ -527,6 +531,7 @@ def validate(config: RunConfig) -> None:
                           f"got {d.alpha} + {d.beta}")
     positive("distill.kl_temperature", d.kl_temperature)
     positive("distill.embedding_weight", d.embedding_weight, allow_zero=True)
+    positive("distill.query_embedding_weight", d.query_embedding_weight, allow_zero=True)
     positive("distill.budget", d.budget)
     positive("distill.budget_ratio", d.budget_ratio)
     positive("distill.lr", d.lr)

@@ -282,6 +282,8 @@ CONFIG_CASES = [
     ("alpha-plus-beta-above-one", overrides("distill.alpha=0.6", "distill.beta=0.6"),
      ["'distill.alpha'", "'distill.beta'"]),
     ("alpha-above-one", overrides("distill.alpha=1.5"), ["'distill.alpha'"]),
+    ("negative-query-embedding-weight", overrides("distill.query_embedding_weight=-1"),
+     ["'distill.query_embedding_weight'", ">= 0"]),
     ("mask-rate-1.5", overrides("distill.pre_mask_rate=1.5"), ["'distill.pre_mask_rate'", "[0, 1)"]),
     ("batch-size-1", overrides("train.batch_size=1"), ["'train.batch_size'", "at least 2"]),
     ("inverse-temperature-below-one", overrides("loss.max_inv_temperature=0.5"), ["'loss.max_inv_temperature'"]),

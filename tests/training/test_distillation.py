@@ -104,6 +104,21 @@ def test_ablations_are_presets_of_the_term_list(tiny_config, ablation, rate, ter
     assert needs_teacher(got_terms) == (ablation != "direct")
 
 
+def test_a_query_only_student_takes_its_own_embedding_weight(tiny_config):
+    """distill.query_embedding_weight is gamma for a query-only student only; unset, embedding_weight serves both."""
+    from kgdistill.pmd.plan import Stage, stage_run_config
+    from kgdistill.training.distillation import stage_terms
+
+    config = tiny_config(distill__embedding_weight=1.0, distill__query_embedding_weight=4.0)
+    assert dict(stage_terms(config.distill, 0.0)[1])["embedding"] == 1.0
+    serving = stage_run_config(config, Stage("03-serving-query-2L", 2, 0.0, 5, None, "query"), teacher="T")
+    assert dict(stage_terms(serving.distill, 0.0)[1]) == pytest.approx({"ce": 0.8, "score": 0.1, "embedding": 4.0})
+    serving.distill.query_embedding_weight = None
+    assert dict(stage_terms(serving.distill, 0.0)[1])["embedding"] == 1.0
+    serving.distill.query_embedding_weight = 0.0  # off for the query-only student alone
+    assert "embedding" not in dict(stage_terms(serving.distill, 0.0)[1])
+
+
 def test_logit_only_scores_kl_on_logits_whatever_the_config_says(tiny_config, tmp_path):
     from kgdistill.api import load_model, train
 
