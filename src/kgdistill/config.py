@@ -295,6 +295,13 @@ _CHOICES = {
 CONTROLS = {"direct", "plm", "direct-steps", "plm-steps", "direct-best", "plm-best"}
 
 
+def control_parts(control: str) -> tuple[str, str]:
+    """A control's kind and what it is held equal on: ``'direct-best'`` -> ``('direct', 'best')``; the variant is
+    ``'compute'`` for a bare kind, ``'steps'`` or ``'best'`` (equal compute, best valid checkpoint) otherwise."""
+    kind, _, variant = control.partition("-")
+    return kind, variant or "compute"
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a dataclass field type, converting what is safe (int -> float, dict -> dataclass)."""
     if isinstance(annotation, str):

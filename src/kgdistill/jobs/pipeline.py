@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..models.plm import load_encoder, resolve_plm
-from ..pmd.plan import Stage, distill_budget, plan, stage_run_config
+from ..pmd.plan import Stage, plan, stage_run_config
 from ..pmd.report import Report, build_report
 from ..runfolder import RunFolder
 from ..store.model_card import write_model_card
@@ -73,11 +73,6 @@ def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, t
     else:
         depth = int(load_encoder(resolve_plm(config.model.plm)).config.num_hidden_layers)
     stages = plan(config, depth)
-    budget = distill_budget(config)
-    if budget:
-        ratio = config.distill.budget_ratio if config.distill.budget is None else None
-        log.info("distillation budget: %.0f teacher-step equivalents%s", budget,
-                 f" ({ratio:g} x the teacher's {budget / ratio:.0f} training steps)" if ratio else "")
     if any(stage.kind == "pmd" for stage in stages):
         check_gradient_cache(config)
     RunFolder(out).write_json(RunFolder.PLAN, [s.__dict__ for s in stages])

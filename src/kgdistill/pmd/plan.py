@@ -4,14 +4,17 @@ budget, and the config its distill job runs (:func:`stage_run_config`)."""
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import GradeConfig, RunConfig
+from ..config import GradeConfig, RunConfig, control_parts
 from ..errors import ConfigError
 from ..store.saved import trained_steps
 from ..training.distillation import stage_terms
+
+log = logging.getLogger("kgdistill")
 
 PAPER_RATIOS = (0.75, 0.5, 0.25)  # 12 -> 9 -> 6 -> 3
 PAPER_MASK_RATES = (0.1, 0.05, 0.0)  # the grades' rates; pre-distillation uses distill.pre_mask_rate (0.2)
@@ -83,6 +86,10 @@ def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> lis
     equivalents, so cheap grades get more steps; explicit per-grade steps still win."""
     d = config.distill
     budget = distill_budget(config, teacher_steps)
+    if budget:
+        ratio = d.budget_ratio if d.budget is None else None
+        log.info("distillation budget: %.0f teacher-step equivalents%s", budget,
+                 f" ({ratio:g} x the teacher's {budget / ratio:.0f} training steps)" if ratio else "")
     query_only = d.student_side == "query"
     stages = [Stage("00-teacher", depth, None, None, None, kind="teacher")]
     base_lr = d.lr if d.lr is not None else config.train.lr
@@ -105,7 +112,7 @@ def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> lis
         stages.append(stage)
         for control in d.controls:  # 'direct'/'plm': the PMD stage's compute; '-steps': its steps; '-best': early
             cost = step_cost(layers, previous.layers, depth, direct=True)  # stopped on valid MRR
-            kind, _, variant = control.partition("-")
+            kind, variant = control_parts(control)
             steps_ = stage.steps if variant == "steps" else max(1, round(stage.steps * stage.cost / cost))
             stages.append(Stage(f"{name}-{control}", layers, None, steps_, lr, kind, previous.name, cost,
                                 "best" if variant == "best" else "last"))

@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import control_parts
 from ..errors import KGDistillError
 from ..evaluation.compare import compare
 from ..evaluation.ranking import EVALUATION_KEYS, evaluation_mismatch
@@ -109,6 +110,7 @@ class Report(Result):
 
     rows: list[dict]
     teacher: dict = field(default_factory=dict)  # which teacher "% of teacher" refers to, and whether it converged
+    _gaps: list[dict] | None = field(default=None, init=False, repr=False, compare=False)  # bootstrapped once
 
     def to_dict(self) -> dict:
         """What ``report.json`` holds."""
@@ -117,14 +119,20 @@ class Report(Result):
     def control_gaps(self) -> list[dict]:
         """Each distilled student's MRR minus its controls' (``distill.controls``), at equal compute or equal steps:
         what the teacher added over training without it (negative: the control is ahead)."""
+        if self._gaps is None:
+            self._gaps = self._compute_gaps()
+        return self._gaps
+
+    def _compute_gaps(self) -> list[dict]:
         students = [r for r in self.rows if r.get("kind") == "pmd"]
         gaps = []
         for control in (r for r in self.rows if r.get("kind") in ("direct", "plm")):
             student = next((s for s in students if control["name"].startswith(s["name"] + "-")), None)
             if student is not None:
+                variant = control_parts(control["name"][len(student["name"]) + 1:])[1]
                 gaps.append({"student": student["name"], "control": control["name"], "kind": control["kind"],
-                             "equal": "steps" if control["name"].endswith("-steps") else "compute",
-                             "checkpoint": "best valid" if control["name"].endswith("-best") else "last",
+                             "equal": "steps" if variant == "steps" else "compute",
+                             "checkpoint": "best valid" if variant == "best" else "last",
                              "mrr_gap": student["no_rerank"]["mrr"] - control["no_rerank"]["mrr"],
                              "mrr_gap_interval": _gap_interval(student.get("run_dir"), control.get("run_dir"))})
         return gaps
