@@ -17,6 +17,10 @@ controls over three seeds, the paper's ladder with pre-distillation and its 20/1
 at equal compute, the student's rate re-checked on valid), ``dropout`` (the teacher with fast and with torch dropout,
 three seeds each), ``test`` (every finished run on test, once). Each student distils for ``--budget`` teacher-step
 equivalents (default: the teacher's own steps). ``--deadline SECONDS`` starts no new run after that much wall time.
+
+Students take their recipe from the presets of the code that runs them: since BENCHMARKS section 7r the ``quick``
+one-jump students weigh the embedding term 4; the numbers of sections 7a-7q were measured at 1, which
+``--set distill.embedding_weight=1`` reproduces.
 """
 from __future__ import annotations
 
