@@ -159,6 +159,10 @@ class DistillConfig:
     # vectors equal the teacher's, so it can lean harder on L_EMB than a symmetric student.
     query_embedding_weight: float | None = None
     embedding_loss: str = "cosine"  # cosine (1 - cos) | mse
+    # Beyond the paper: a label-free transfer set. Each step also draws this many random (entity, relation or inverse)
+    # queries from the whole graph, in their evaluation text, and pulls the student's query vectors onto the
+    # teacher's there (+ gamma * L_TRANSFER; no answers are used). The extra passes are charged to the budget.
+    transfer_queries: int = 0
     # both: the student has both encoders at its depth (paper); query: only the query encoder is distilled, the
     # teacher's entity encoder (and so its entity index) is kept frozen, as a serving recipe.
     student_side: str = "both"
@@ -543,6 +547,10 @@ def validate(config: RunConfig) -> None:
     positive("distill.kl_temperature", d.kl_temperature)
     positive("distill.embedding_weight", d.embedding_weight, allow_zero=True)
     positive("distill.query_embedding_weight", d.query_embedding_weight, allow_zero=True)
+    positive("distill.transfer_queries", d.transfer_queries, allow_zero=True)
+    if d.transfer_queries and not max(d.embedding_weight, d.query_embedding_weight or 0.0):
+        raise ConfigError("config key 'distill.transfer_queries': the transfer set is weighted by the embedding "
+                          "weight; set distill.embedding_weight (or distill.query_embedding_weight) > 0 as well")
     positive("distill.budget", d.budget)
     positive("distill.budget_ratio", d.budget_ratio)
     positive("distill.lr", d.lr)

@@ -36,6 +36,26 @@ def test_budget_gives_cheap_grades_more_steps():
             assert control.steps * control.cost == pytest.approx(grade.steps * grade.cost, rel=0.05)
 
 
+def test_transfer_queries_are_charged_to_the_budget():
+    """Each transfer query costs a trained student query pass and a teacher one: at the same budget a stage with
+    transfer queries (and the serving grade) takes fewer steps; its controls, which run none, keep equal compute."""
+    from kgdistill.config import build_config
+    from kgdistill.pmd.plan import plan, step_cost
+
+    def stages(transfer: int) -> dict:
+        config = build_config("quick", overrides={"distill": {"budget": 960, "serving_grade": True,
+                                                              "transfer_queries": transfer, "controls": ["direct"]}})
+        return {s.kind: s for s in plan(config, 6)}
+
+    plain, more = stages(0), stages(64)  # quick's batch is 128: half a query more per example
+    for kind in ("pmd", "query"):
+        assert more[kind].cost > plain[kind].cost and more[kind].steps <= plain[kind].steps
+    assert more["pmd"].cost == pytest.approx(step_cost(2, 6, 6, entity_layers=6) + 0.5 * (3 * 2 + 6) / 54)
+    assert more["pmd"].steps * more["pmd"].cost == pytest.approx(960, rel=0.01)
+    assert more["direct"].cost == plain["direct"].cost
+    assert more["direct"].steps * more["direct"].cost == pytest.approx(960, rel=0.01)
+
+
 def test_lr_depth_power_sets_the_shallow_grades_and_their_controls():
     """Grades scale the students' rate distill.lr by depth (a grade's own lr wins); the teacher keeps train.lr."""
     from kgdistill.config import build_config

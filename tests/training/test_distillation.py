@@ -150,3 +150,66 @@ def test_every_accepted_ablation_has_a_preset():
     from kgdistill.training.distillation import ABLATIONS
 
     assert set(ABLATIONS) == _CHOICES["distill.ablation"]
+
+
+def test_transfer_queries_are_a_pure_function_of_seed_and_step(tiny_config):
+    """A resumed run draws the same transfer queries at a step; other steps and seeds draw others; every entity and
+    every relation, inverse ones included, can be drawn, and each query is encoded in its evaluation text."""
+    from kgdistill.api import DataContext
+    from kgdistill.data.batching import TransferQueries, pad_store_rows, tokenize
+
+    config = tiny_config()
+    data = DataContext(config, teacher_tokenizer(config))
+    transfer = TransferQueries(data.texts, data.tokenized, 16, seed=3)
+    heads, relations = transfer.draw(5)
+    assert len(heads) == len(relations) == 16
+    again = TransferQueries(data.texts, data.tokenized, 16, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(again.draw(5), (heads, relations)))
+    assert not np.array_equal(transfer.draw(6)[0], heads)
+    assert not np.array_equal(TransferQueries(data.texts, data.tokenized, 16, seed=4).draw(5)[0], heads)
+    kg = data.kg
+    drawn = [transfer.draw(step) for step in range(200)]
+    assert {int(h) for h, _ in drawn for h in h} == set(range(kg.num_entities))
+    assert {int(r) for _, r in drawn for r in r} == set(range(2 * kg.num_relations))
+    store = tokenize(data.tokenized.tokenizer, [data.texts.entity_text(int(h)) for h in heads],
+                     [data.texts.relation_text(int(r)) for r in relations], data.tokenized.max_tokens)
+    expected = pad_store_rows(store, np.arange(16), data.tokenized)
+    assert torch.equal(transfer.batch(5).input_ids, expected.input_ids)
+
+
+def test_the_transfer_term_pulls_the_students_queries_onto_the_teachers_without_answers(tiny_config, tmp_path):
+    """With distill.transfer_queries, L_TRANSFER (weighted as L_EMB) is zero for a copy of the teacher, positive for
+    a shallower student whose query encoder it trains, and never touches the frozen teacher or the answers."""
+    from kgdistill.api import DataContext, build_model, load_model, train
+    from kgdistill.data.batching import TransferQueries
+    from kgdistill.losses.contrastive import InfoNCELoss
+    from kgdistill.training.distillation import DistillationObjective, stage_terms
+
+    config = tiny_config(distill__embedding_weight=2.0, distill__transfer_queries=6, distill__student_side="query",
+                         train__max_steps=2)
+    assert dict(stage_terms(config.distill, 0.0)[1]) == pytest.approx(
+        {"ce": 0.8, "score": 0.1, "embedding": 2.0, "transfer": 2.0})
+    train(config, tmp_path / "t", evaluate_after=False, progress=False)
+    teacher, _, _ = load_model(tmp_path / "t")
+    with pytest.raises(ValueError, match="transfer"):  # built without its queries, the term cannot run
+        _objective(config, teacher, copy.deepcopy(teacher))
+    data = DataContext(config, teacher_tokenizer(config))
+    transfer = TransferQueries(data.texts, data.tokenized, 6, config.seed)
+    copied = copy.deepcopy(teacher)
+    same = DistillationObjective(copied, teacher, InfoNCELoss(copied, config.loss, data.known_train, 8),
+                                 config.distill, 0.0, 4, transfer=transfer).eval()
+    _, logs = same(data.train_set().batch(np.arange(8)), step=3)
+    assert logs["l_transfer"] < 1e-6
+    config.model.num_layers = 2
+    student, tokenizer = build_model(config, teacher=teacher)
+    loss = InfoNCELoss(student, config.loss, data.known_train, 8)
+    objective = DistillationObjective(student, teacher, loss, config.distill, 0.0, tokenizer.mask_token_id,
+                                      transfer=transfer).train()
+    f = objective.features(data.train_set().batch(np.arange(8)), step=3)
+    assert f.student_transfer.shape == (6, student.hidden_size)
+    term = next(t for t in objective.terms if t.name == "transfer")
+    value = term(f, objective)
+    assert value > 0
+    value.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())

@@ -304,6 +304,28 @@ class BatchOrder:
         return self.epoch(epoch)[index]
 
 
+class TransferQueries:
+    """Label-free queries for distillation's transfer set: ``count`` random (entity, relation or inverse relation)
+    pairs over the whole graph, in the text evaluation encodes them in. The draw is a pure function of (seed, step),
+    so a resumed run draws the same queries; no triple (so no answer) is looked at."""
+
+    def __init__(self, texts: TextBuilder, tokenized: Tokenized, count: int, seed: int):
+        self.texts, self.tokenized, self.count, self.seed = texts, tokenized, count, seed
+
+    def draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The heads and relations (inverse ones offset by the number of relations) of step ``step``."""
+        kg = self.texts.kg
+        rng = np.random.default_rng([self.seed, step, 0x7A5F])  # a stream apart from the batch order's
+        return rng.integers(kg.num_entities, size=self.count), rng.integers(2 * kg.num_relations, size=self.count)
+
+    def batch(self, step: int) -> EncoderBatch:
+        """The padded query-encoder input of step ``step``."""
+        heads, relations = self.draw(step)
+        store = tokenize(self.tokenized.tokenizer, [self.texts.entity_text(int(h)) for h in heads],
+                         [self.texts.relation_text(int(r)) for r in relations], self.tokenized.max_tokens)
+        return pad_store_rows(store, np.arange(len(store)), self.tokenized)
+
+
 def entity_token_store(texts: TextBuilder, tokenized: Tokenized, name: str) -> TokenStore:
     """Every entity's evaluation text (all neighbours, nothing excluded)."""
     return tokenized.single(f"{name}-all-entities",

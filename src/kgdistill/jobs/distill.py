@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig, RunConfig
-from ..data.batching import tokenizer_key
+from ..data.batching import TransferQueries, tokenizer_key
 from ..errors import KGDistillError
 from ..losses.contrastive import InfoNCELoss
 from ..models.builder import build_model
@@ -90,8 +90,10 @@ def distill(config: RunConfig, output_dir: str | Path, resume: bool = False, pro
     if direct:
         objective = ContrastiveObjective(student, loss, config.train.gradient_cache_chunk)
     else:
+        transfer = (TransferQueries(data.texts, data.tokenized, config.distill.transfer_queries, config.seed)
+                    if "transfer" in dict(terms) else None)
         objective = DistillationObjective(student, teacher_model, loss, config.distill, mask_rate,
-                                          tokenizer.mask_token_id, terms)
+                                          tokenizer.mask_token_id, terms, transfer)
     trainer = Trainer(run_dir, config, objective, data.train_set(), data.valid_set(), tokenizer, progress=progress,
                       callbacks=callbacks, ranker=data.valid_ranker())
     if resume:

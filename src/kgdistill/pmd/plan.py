@@ -4,6 +4,7 @@ budget, and the config its distill job runs (:func:`stage_run_config`)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -32,12 +33,15 @@ def default_grades(depth: int) -> list[GradeConfig]:
 
 
 def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_only: bool = False,
-              entity_layers: int | None = None, direct: bool = False, masked_passes: bool = False) -> float:
+              entity_layers: int | None = None, direct: bool = False, masked_passes: bool = False,
+              transfer: float = 0.0) -> float:
     """Encoder layer passes of one stage step relative to one teacher training step (three sequences a sample:
     query, tail, head; a trained pass costs about three forward passes, a frozen teacher's one).
 
     ``masked_passes``: scores come from clean text and MGFD runs, so student and teacher encode the masked query
-    (and, unless only the query encoder is trained, the masked tail) once more."""
+    (and, unless only the query encoder is trained, the masked tail) once more. ``transfer``: transfer queries per
+    training example (``distill.transfer_queries`` / ``train.batch_size``), each a trained student query pass and a
+    teacher one."""
     entity_layers = entity_layers or teacher_layers
     if direct:
         passes = 9 * student_layers
@@ -47,6 +51,8 @@ def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_
         passes = 9 * student_layers + 3 * teacher_layers
     if masked_passes and not direct:
         passes += (3 * student_layers + teacher_layers) * (1 if query_only else 2)
+    if not direct:
+        passes += transfer * (3 * student_layers + teacher_layers)
     return passes / (9 * base_layers)
 
 
@@ -79,6 +85,11 @@ def distill_budget(config: RunConfig, teacher_steps: int | None = None) -> float
     return d.budget_ratio * teacher_steps
 
 
+def transfer_share(config: RunConfig, terms: dict) -> float:
+    """Transfer queries per training example of a stage whose terms are ``terms`` (0 without a transfer term)."""
+    return config.distill.transfer_queries / config.train.batch_size if "transfer" in terms else 0.0
+
+
 def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> list[Stage]:
     """The stages in order: teacher, pre-distillation, grades, and each grade's controls right after it.
 
@@ -104,8 +115,10 @@ def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> lis
     previous = stages[0]
     for layers, rate, steps, lr, name in pmd:
         # the stage's real terms (an ablation may drop MGFD or fix its rate) decide whether MGFD's passes run
-        masked_passes = d.student_input == "clean" and "mgfd" in dict(stage_terms(d, rate)[1])
-        cost = step_cost(layers, previous.layers, depth, query_only, entity_layers=depth, masked_passes=masked_passes)
+        terms = dict(stage_terms(d, rate)[1])
+        masked_passes = d.student_input == "clean" and "mgfd" in terms
+        cost = step_cost(layers, previous.layers, depth, query_only, entity_layers=depth, masked_passes=masked_passes,
+                         transfer=transfer_share(config, terms))
         if steps is None and share is not None:
             steps = max(1, round(share / cost))
         stage = Stage(name, layers, rate, steps or d.stage_steps, lr, "pmd", previous.name, cost)
@@ -120,7 +133,8 @@ def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> lis
     if d.serving_grade and previous.kind == "pmd":
         stages.append(Stage(f"{int(previous.name[:2]) + 1:02d}-serving-query-{previous.layers}L", previous.layers, 0.0,
                             previous.steps, previous.lr, "query", stages[0].name,
-                            step_cost(previous.layers, depth, depth, query_only=True)))
+                            step_cost(previous.layers, depth, depth, query_only=True, transfer=transfer_share(
+                                config, dict(stage_terms(dataclasses.replace(d, student_side="query"), 0.0)[1])))))
     return stages
 
 

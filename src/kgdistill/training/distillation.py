@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config import DistillConfig
-from ..data.batching import EncoderBatch, TrainBatch
+from ..data.batching import EncoderBatch, TrainBatch, TransferQueries
 from ..losses.contrastive import InfoNCELoss, NegativeMasks, PreBatchQueue, Scores, build_masks
 from ..losses.distill import (EmbeddingDistillLoss, GenerativeMGFDLoss, PooledMGFDLoss, ScoreDistillLoss,
                               mask_tokens)
@@ -42,6 +42,8 @@ class DistillFeatures:
     tail_masked: EncoderBatch
     tail_positions: torch.Tensor
     clean: bool  # scores come from clean text; the masked text only feeds MGFD
+    student_transfer: torch.Tensor | None = None  # both models' query vectors on the step's transfer queries
+    teacher_transfer: torch.Tensor | None = None
 
 
 def _flat(scores: Scores) -> torch.Tensor:
@@ -162,10 +164,19 @@ class EmbeddingTerm(DistillTerm):
         return loss
 
 
+@register("transfer")
+class TransferTerm(EmbeddingTerm):
+    """L_TRANSFER (beyond the paper): L_EMB's loss on the query side of label-free transfer queries
+    (``distill.transfer_queries``), so the student imitates the teacher beyond the training queries."""
+
+    def forward(self, f: DistillFeatures, objective: DistillationObjective) -> torch.Tensor:
+        return self.loss(f.student_transfer, f.teacher_transfer)
+
+
 def distill_terms(config: DistillConfig, mask_rate: float) -> list[tuple[str, float]]:
     """The objective's terms and weights: the paper's (1-a-b) CE + a SCORE + b MGFD, MGFD only where tokens are
     masked, plus gamma EMB when gamma > 0 (``distill.embedding_weight``; ``distill.query_embedding_weight`` for a
-    query-only student, when set)."""
+    query-only student, when set), and gamma TRANSFER with ``distill.transfer_queries``."""
     a, b = config.alpha, config.beta
     terms = [("ce", 1 - a - b), ("score", a)]
     if b > 0 and mask_rate > 0:
@@ -175,6 +186,8 @@ def distill_terms(config: DistillConfig, mask_rate: float) -> list[tuple[str, fl
         gamma = config.query_embedding_weight
     if gamma > 0:
         terms.append(("embedding", gamma))
+        if config.transfer_queries > 0:
+            terms.append(("transfer", gamma))
     return terms
 
 
@@ -205,10 +218,12 @@ def needs_teacher(terms: Terms) -> bool:
 class DistillationObjective(nn.Module):
     """Student and frozen teacher see the same (masked) batch; both score matrices are built by the same
     :class:`InfoNCELoss` (same negatives, same false-negative masks), so they align column for column; the loss is
-    the weighted sum of ``terms`` (default :func:`distill_terms`)."""
+    the weighted sum of ``terms`` (default :func:`distill_terms`); a ``transfer`` term draws its queries from
+    ``transfer``."""
 
     def __init__(self, student, teacher, loss: InfoNCELoss, config: DistillConfig, mask_rate: float,
-                 mask_token_id: int, terms: list[tuple[str, float]] | None = None):
+                 mask_token_id: int, terms: list[tuple[str, float]] | None = None,
+                 transfer: TransferQueries | None = None):
         super().__init__()
         self.model = student
         self.teacher = teacher.eval().requires_grad_(False)
@@ -222,6 +237,9 @@ class DistillationObjective(nn.Module):
             self.teacher_queue = PreBatchQueue(len(loss.queue.vectors), teacher.hidden_size)
             self.teacher_queue.vectors = loss.queue.vectors.clone()
         weighted = terms if terms is not None else stage_terms(config, mask_rate)[1]
+        if transfer is None and any(name == "transfer" for name, _ in weighted):
+            raise ValueError("a 'transfer' term needs the transfer queries to draw from (transfer=TransferQueries)")
+        self.transfer = transfer if any(name == "transfer" for name, _ in weighted) else None
         self.weights = [weight for _, weight in weighted]
         self.terms = nn.ModuleList(TERMS[name](self) for name, _ in weighted)
 
@@ -235,8 +253,8 @@ class DistillationObjective(nn.Module):
         """Whether batches carry the head-alone text (for self-negatives)."""
         return self.loss.config.self_negative
 
-    def features(self, batch: TrainBatch) -> DistillFeatures:
-        """Mask, encode with both models, score: everything the terms share."""
+    def features(self, batch: TrainBatch, step: int = 0) -> DistillFeatures:
+        """Mask, encode with both models, score: everything the terms share (``step`` picks the transfer queries)."""
         clean = self.config.student_input == "clean"
         hidden = any(term.needs_hidden for term in self.terms) and not clean
         hr_in, hr_pos = mask_tokens(batch.hr, self.mask_rate, self.mask_token_id)
@@ -269,11 +287,17 @@ class DistillationObjective(nn.Module):
         if s_scores.self_negative is not None:
             keep_blocks.append(masks.self_negative[:, None])
         keep = torch.cat(keep_blocks, dim=1).to(s_logits.device)
+        s_transfer = t_transfer = None
+        if self.transfer is not None:  # clean text: the transfer queries feed L_TRANSFER alone
+            queries = self.transfer.batch(step).to(batch.hr.input_ids.device)
+            with torch.no_grad():
+                t_transfer = self.teacher.encode_queries(queries).vectors
+            s_transfer = self.model.encode_queries(queries).vectors
         return DistillFeatures(s_hr, s_tail, t_hr, t_tail, s_scores, t_scores, s_logits, s_in_batch, masks, pre_keep,
-                               keep, hr_in, hr_pos, tail_in, tail_pos, clean)
+                               keep, hr_in, hr_pos, tail_in, tail_pos, clean, s_transfer, t_transfer)
 
     def forward(self, batch: TrainBatch, step: int = 0) -> tuple[torch.Tensor, dict]:
-        f = self.features(batch)
+        f = self.features(batch, step)
         total, logs = None, {}
         for weight, term in zip(self.weights, self.terms):
             value = term(f, self)
