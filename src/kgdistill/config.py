@@ -163,6 +163,7 @@ class DistillConfig:
     # queries from the whole graph, in their evaluation text, and pulls the student's query vectors onto the
     # teacher's there (+ gamma * L_TRANSFER; no answers are used). The extra passes are charged to the budget.
     transfer_queries: int = 0
+    query_transfer_queries: int | None = None  # transfer_queries for a query-only student; None: transfer_queries
     # both: the student has both encoders at its depth (paper); query: only the query encoder is distilled, the
     # teacher's entity encoder (and so its entity index) is kept frozen, as a serving recipe.
     student_side: str = "both"
@@ -192,6 +193,15 @@ class DistillConfig:
     # Also train the serving recipe at the smallest grade's depth: a query-only student (student_side=query) taught
     # by the teacher, with the smallest grade's steps; its own row in the report.
     serving_grade: bool = False
+
+    def embedding_terms(self) -> tuple[float, int]:
+        """gamma and the transfer queries a step for this config's student side: a query-only student's own keys
+        (``query_embedding_weight``, ``query_transfer_queries``) where set."""
+        gamma, transfer = self.embedding_weight, self.transfer_queries
+        if self.student_side == "query":
+            gamma = gamma if self.query_embedding_weight is None else self.query_embedding_weight
+            transfer = transfer if self.query_transfer_queries is None else self.query_transfer_queries
+        return gamma, transfer
 
 
 @dataclass
@@ -548,9 +558,12 @@ def validate(config: RunConfig) -> None:
     positive("distill.embedding_weight", d.embedding_weight, allow_zero=True)
     positive("distill.query_embedding_weight", d.query_embedding_weight, allow_zero=True)
     positive("distill.transfer_queries", d.transfer_queries, allow_zero=True)
-    if d.transfer_queries and not max(d.embedding_weight, d.query_embedding_weight or 0.0):
-        raise ConfigError("config key 'distill.transfer_queries': the transfer set is weighted by the embedding "
-                          "weight; set distill.embedding_weight (or distill.query_embedding_weight) > 0 as well")
+    positive("distill.query_transfer_queries", d.query_transfer_queries, allow_zero=True)
+    for side, prefix in (("both", ""), ("query", "query_")):
+        gamma, transfer = dataclasses.replace(d, student_side=side).embedding_terms()
+        if transfer and not gamma:
+            raise ConfigError(f"config key 'distill.{prefix}transfer_queries': the transfer set is weighted by the "
+                              f"embedding weight; set distill.{prefix}embedding_weight > 0 as well")
     positive("distill.budget", d.budget)
     positive("distill.budget_ratio", d.budget_ratio)
     positive("distill.lr", d.lr)

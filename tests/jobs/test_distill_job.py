@@ -50,6 +50,7 @@ def test_distill_trains_at_the_students_rate(tiny_config, tmp_path):
     {"distill__embedding_weight": 0.5, "distill__embedding_loss": "mse"},
     {"distill__student_input": "clean", "distill__mgfd": "pooled"},
     {"distill__student_side": "query", "distill__embedding_weight": 1.0},
+    {"distill__student_side": "query", "distill__embedding_weight": 1.0, "distill__query_transfer_queries": 4},
     {"model__layer_choice": "top"},
 ])
 def test_each_lever_trains_and_evaluates(tiny_config, tmp_path, overrides):
@@ -66,6 +67,7 @@ def test_each_lever_trains_and_evaluates(tiny_config, tmp_path, overrides):
     assert steps and all(np.isfinite(r["loss"]) for r in steps)
     if overrides.get("distill__embedding_weight"):
         assert steps[0]["l_embedding"] > 0
+        assert ("l_transfer" in steps[0]) == bool(overrides.get("distill__query_transfer_queries"))
     student, _, _ = load_model(tmp_path / "s")
     teacher, _, _ = load_model(tmp_path / "t")
     if overrides.get("distill__student_side") == "query":

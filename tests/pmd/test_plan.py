@@ -42,9 +42,9 @@ def test_transfer_queries_are_charged_to_the_budget():
     from kgdistill.config import build_config
     from kgdistill.pmd.plan import plan, step_cost
 
-    def stages(transfer: int) -> dict:
+    def stages(transfer: int, key: str = "transfer_queries") -> dict:
         config = build_config("quick", overrides={"distill": {"budget": 960, "serving_grade": True,
-                                                              "transfer_queries": transfer, "controls": ["direct"]}})
+                                                              key: transfer, "controls": ["direct"]}})
         return {s.kind: s for s in plan(config, 6)}
 
     plain, more = stages(0), stages(64)  # quick's batch is 128: half a query more per example
@@ -54,6 +54,8 @@ def test_transfer_queries_are_charged_to_the_budget():
     assert more["pmd"].steps * more["pmd"].cost == pytest.approx(960, rel=0.01)
     assert more["direct"].cost == plain["direct"].cost
     assert more["direct"].steps * more["direct"].cost == pytest.approx(960, rel=0.01)
+    serving_only = stages(64, "query_transfer_queries")  # the serving student's own set: the grade pays nothing
+    assert serving_only["pmd"].cost == plain["pmd"].cost and serving_only["query"].cost == more["query"].cost
 
 
 def test_lr_depth_power_sets_the_shallow_grades_and_their_controls():

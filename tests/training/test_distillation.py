@@ -119,6 +119,24 @@ def test_a_query_only_student_takes_its_own_embedding_weight(tiny_config):
     assert "embedding" not in dict(stage_terms(serving.distill, 0.0)[1])
 
 
+def test_a_query_only_student_takes_its_own_transfer_queries(tiny_config):
+    """distill.query_transfer_queries is the query-only student's transfer set alone; unset, transfer_queries serves
+    both sides; either way the transfer term takes that side's gamma."""
+    import dataclasses
+
+    from kgdistill.training.distillation import stage_terms
+
+    config = tiny_config(distill__embedding_weight=1.0, distill__query_embedding_weight=4.0,
+                         distill__query_transfer_queries=16)
+    query = dataclasses.replace(config.distill, student_side="query")
+    assert config.distill.embedding_terms() == (1.0, 0) and query.embedding_terms() == (4.0, 16)
+    assert "transfer" not in dict(stage_terms(config.distill, 0.0)[1])
+    assert dict(stage_terms(query, 0.0)[1])["transfer"] == 4.0
+    both = dataclasses.replace(config.distill, transfer_queries=8, query_transfer_queries=None)
+    assert both.embedding_terms() == (1.0, 8)
+    assert dataclasses.replace(both, student_side="query").embedding_terms() == (4.0, 8)
+
+
 def test_quick_students_weigh_the_embedding_term_by_the_valid_decisions():
     """`quick`'s one-jump grade and its query-only student both train at EMB weight 4 (BENCHMARKS.md 7p, 7r); the
     ladder's grades, never measured at 4, keep 1 while its query-only student takes 4."""

@@ -90,7 +90,7 @@ def distill(config: RunConfig, output_dir: str | Path, resume: bool = False, pro
     if direct:
         objective = ContrastiveObjective(student, loss, config.train.gradient_cache_chunk)
     else:
-        transfer = (TransferQueries(data.texts, data.tokenized, config.distill.transfer_queries, config.seed)
+        transfer = (TransferQueries(data.texts, data.tokenized, config.distill.embedding_terms()[1], config.seed)
                     if "transfer" in dict(terms) else None)
         objective = DistillationObjective(student, teacher_model, loss, config.distill, mask_rate,
                                           tokenizer.mask_token_id, terms, transfer)

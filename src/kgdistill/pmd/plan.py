@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import GradeConfig, RunConfig, control_parts
+from ..config import DistillConfig, GradeConfig, RunConfig, control_parts
 from ..errors import ConfigError
 from ..store.saved import trained_steps
 from ..training.distillation import stage_terms
@@ -85,9 +85,10 @@ def distill_budget(config: RunConfig, teacher_steps: int | None = None) -> float
     return d.budget_ratio * teacher_steps
 
 
-def transfer_share(config: RunConfig, terms: dict) -> float:
-    """Transfer queries per training example of a stage whose terms are ``terms`` (0 without a transfer term)."""
-    return config.distill.transfer_queries / config.train.batch_size if "transfer" in terms else 0.0
+def transfer_share(config: RunConfig, distill: DistillConfig, terms: dict) -> float:
+    """Transfer queries per training example of a stage with ``distill``'s settings and ``terms`` (0 without a
+    transfer term)."""
+    return distill.embedding_terms()[1] / config.train.batch_size if "transfer" in terms else 0.0
 
 
 def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> list[Stage]:
@@ -118,7 +119,7 @@ def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> lis
         terms = dict(stage_terms(d, rate)[1])
         masked_passes = d.student_input == "clean" and "mgfd" in terms
         cost = step_cost(layers, previous.layers, depth, query_only, entity_layers=depth, masked_passes=masked_passes,
-                         transfer=transfer_share(config, terms))
+                         transfer=transfer_share(config, d, terms))
         if steps is None and share is not None:
             steps = max(1, round(share / cost))
         stage = Stage(name, layers, rate, steps or d.stage_steps, lr, "pmd", previous.name, cost)
@@ -131,10 +132,11 @@ def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> lis
                                 "best" if variant == "best" else "last"))
         previous = stage
     if d.serving_grade and previous.kind == "pmd":
+        serving = dataclasses.replace(d, student_side="query")
         stages.append(Stage(f"{int(previous.name[:2]) + 1:02d}-serving-query-{previous.layers}L", previous.layers, 0.0,
                             previous.steps, previous.lr, "query", stages[0].name,
                             step_cost(previous.layers, depth, depth, query_only=True, transfer=transfer_share(
-                                config, dict(stage_terms(dataclasses.replace(d, student_side="query"), 0.0)[1])))))
+                                config, serving, dict(stage_terms(serving, 0.0)[1])))))
     return stages
 
 

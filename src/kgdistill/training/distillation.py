@@ -176,17 +176,16 @@ class TransferTerm(EmbeddingTerm):
 def distill_terms(config: DistillConfig, mask_rate: float) -> list[tuple[str, float]]:
     """The objective's terms and weights: the paper's (1-a-b) CE + a SCORE + b MGFD, MGFD only where tokens are
     masked, plus gamma EMB when gamma > 0 (``distill.embedding_weight``; ``distill.query_embedding_weight`` for a
-    query-only student, when set), and gamma TRANSFER with ``distill.transfer_queries``."""
+    query-only student, when set), and gamma TRANSFER with transfer queries (``distill.transfer_queries``;
+    ``distill.query_transfer_queries`` for a query-only student, when set)."""
     a, b = config.alpha, config.beta
     terms = [("ce", 1 - a - b), ("score", a)]
     if b > 0 and mask_rate > 0:
         terms.append(("mgfd", b))
-    gamma = config.embedding_weight
-    if config.student_side == "query" and config.query_embedding_weight is not None:
-        gamma = config.query_embedding_weight
+    gamma, transfer = config.embedding_terms()
     if gamma > 0:
         terms.append(("embedding", gamma))
-        if config.transfer_queries > 0:
+        if transfer > 0:
             terms.append(("transfer", gamma))
     return terms
 
