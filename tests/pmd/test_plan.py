@@ -42,19 +42,20 @@ def test_transfer_queries_are_charged_to_the_budget():
     from kgdistill.config import build_config
     from kgdistill.pmd.plan import plan, step_cost
 
-    def stages(transfer: int, key: str = "transfer_queries") -> dict:
-        config = build_config("quick", overrides={"distill": {"budget": 960, "serving_grade": True,
-                                                              key: transfer, "controls": ["direct"]}})
+    def stages(transfer: int, query_transfer: int | None = None) -> dict:
+        config = build_config("quick", overrides={"distill": {
+            "budget": 960, "serving_grade": True, "transfer_queries": transfer,
+            "query_transfer_queries": query_transfer, "controls": ["direct"]}})
         return {s.kind: s for s in plan(config, 6)}
 
-    plain, more = stages(0), stages(64)  # quick's batch is 128: half a query more per example
+    plain, more = stages(0, 0), stages(64)  # quick's batch is 128: half a query more per example
     for kind in ("pmd", "query"):
         assert more[kind].cost > plain[kind].cost and more[kind].steps <= plain[kind].steps
     assert more["pmd"].cost == pytest.approx(step_cost(2, 6, 6, entity_layers=6) + 0.5 * (3 * 2 + 6) / 54)
     assert more["pmd"].steps * more["pmd"].cost == pytest.approx(960, rel=0.01)
     assert more["direct"].cost == plain["direct"].cost
     assert more["direct"].steps * more["direct"].cost == pytest.approx(960, rel=0.01)
-    serving_only = stages(64, "query_transfer_queries")  # the serving student's own set: the grade pays nothing
+    serving_only = stages(0, 64)  # the serving student's own set: the grade pays nothing
     assert serving_only["pmd"].cost == plain["pmd"].cost and serving_only["query"].cost == more["query"].cost
 
 

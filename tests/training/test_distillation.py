@@ -139,16 +139,20 @@ def test_a_query_only_student_takes_its_own_transfer_queries(tiny_config):
 
 def test_quick_students_weigh_the_embedding_term_by_the_valid_decisions():
     """`quick`'s one-jump grade and its query-only student both train at EMB weight 4 (BENCHMARKS.md 7p, 7r); the
-    ladder's grades, never measured at 4, keep 1 while its query-only student takes 4."""
+    ladder's grades, never measured at 4, keep 1 while its query-only student takes 4. Only the query-only student
+    learns from the transfer set (7t): the symmetric students were not measured with one."""
     from kgdistill.config import build_config
     from kgdistill.pmd.plan import plan, stage_run_config
     from kgdistill.training.distillation import stage_terms
 
     for preset, symmetric in (("quick", 4.0), ("quick-ladder", 1.0)):
         config = build_config(preset, overrides={"distill": {"budget": 180, "serving_grade": True}})
-        weights = {s.kind: dict(stage_terms(stage_run_config(config, s, teacher="T").distill, s.mask_rate)[1])
-                   ["embedding"] for s in plan(config, 6) if s.kind in ("pmd", "query")}
-        assert weights == {"pmd": symmetric, "query": 4.0}, preset
+        terms = {s.kind: dict(stage_terms(stage_run_config(config, s, teacher="T").distill, s.mask_rate)[1])
+                 for s in plan(config, 6) if s.kind in ("pmd", "query")}
+        assert {kind: t["embedding"] for kind, t in terms.items()} == {"pmd": symmetric, "query": 4.0}, preset
+        assert "transfer" not in terms["pmd"] and terms["query"]["transfer"] == 4.0, preset
+        query = stage_run_config(config, next(s for s in plan(config, 6) if s.kind == "query"), teacher="T")
+        assert query.distill.embedding_terms() == (4.0, 128)
 
 
 def test_logit_only_scores_kl_on_logits_whatever_the_config_says(tiny_config, tmp_path):
