@@ -236,9 +236,10 @@ class DistillationObjective(nn.Module):
             self.teacher_queue = PreBatchQueue(len(loss.queue.vectors), teacher.hidden_size)
             self.teacher_queue.vectors = loss.queue.vectors.clone()
         weighted = terms if terms is not None else stage_terms(config, mask_rate)[1]
-        if transfer is None and any(name == "transfer" for name, _ in weighted):
+        uses_transfer = any(name == "transfer" for name, _ in weighted)
+        if uses_transfer and transfer is None:
             raise ValueError("a 'transfer' term needs the transfer queries to draw from (transfer=TransferQueries)")
-        self.transfer = transfer if any(name == "transfer" for name, _ in weighted) else None
+        self.transfer = transfer if uses_transfer else None
         self.weights = [weight for _, weight in weighted]
         self.terms = nn.ModuleList(TERMS[name](self) for name, _ in weighted)
 
