@@ -223,3 +223,31 @@ def test_train_rate_counts_flops_over_real_tokens_only(tiny_config):
     assert len(flops) == 1 and flops[0] > 0
     padded = 3 * 3 * 8 * encoder_flops(plm, batch.hr.input_ids.shape[1])
     assert flops[0] < padded * 1.5  # same order as three padded passes, never counting pads of longer batches
+
+
+# ---------------------------------------------------------------------------------------------------- stage cost
+def test_stage_costs_time_each_planned_stage_beside_the_teachers_own_step(run_dir):
+    from kgdistill.config import build_config, parse_overrides
+    from kgdistill.jobs.bench import stage_costs
+    from kgdistill.pmd.plan import plan
+
+    from conftest import tiny_overrides
+
+    base = tiny_overrides(distill__stage_steps=None) + ["distill.budget_ratio=1", "train.max_steps=6",
+                                                         "distill.embedding_weight=1", "distill.pre_distill=false"]
+    variants = {"2L": base + ["distill.grades=[{layers: 2, mask_rate: 0}]"],
+                "query": base + ["distill.grades=[{layers: 2, mask_rate: 0}]", "distill.student_side=query"],
+                "query+transfer": base + ["distill.grades=[{layers: 2, mask_rate: 0}]", "distill.student_side=query",
+                                          "distill.transfer_queries=8"]}
+    result = stage_costs(run_dir, variants, rounds=3, warmup=1, preset=None)
+    rows = {row["name"]: row for row in result["rows"]}
+    assert list(rows) == ["teacher", "2L", "query", "query+transfer"]
+    assert all(len(times) == 3 for times in result["times"].values())
+    for name, overrides in variants.items():  # the planned side is the pipeline's own plan of that config
+        config = build_config(None, overrides=parse_overrides([f"distill.teacher={run_dir}", *overrides]))
+        stage = next(s for s in plan(config, 4, 6) if s.kind == "pmd")
+        assert (rows[name]["planned_cost"], rows[name]["steps"], rows[name]["layers"]) == (stage.cost, stage.steps, 2)
+        assert rows[name]["measured_cost"] == pytest.approx(
+            np.median(result["times"][name]) / np.median(result["times"]["teacher"]))
+    assert rows["query+transfer"]["planned_cost"] > rows["query"]["planned_cost"]  # transfer passes are charged
+    assert rows["teacher"]["steps"] == 6

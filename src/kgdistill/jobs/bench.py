@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import build_config
+from ..config import build_config, parse_overrides
 from ..runtime import autocast
 from ..training.objectives import ContrastiveObjective
 
@@ -109,6 +109,63 @@ def train_rate(config, batch_size: int, precision: str, repeats: int, layers: in
             flops.append(3 * sum(sequence_flops(enc.config, b.attention_mask) for enc, b in parts))
 
     return batch_size / _median_time(step, repeats, warmup)
+
+
+def timed_step(trainer) -> float:
+    """Seconds of one training step as :meth:`Trainer.train` takes it: the batch drawn, then the optimisation step."""
+    t0 = time.perf_counter()
+    batch = trainer.train_set.batch(trainer.order.rows(trainer.state.step), with_heads=trainer.objective.needs_heads)
+    trainer.train_step(batch)
+    trainer.state.step += 1
+    return time.perf_counter() - t0
+
+
+def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int, warmup: int = 2,
+                preset: str | None = "quick") -> dict:
+    """Each variant's first distillation stage: its planned cost in teacher training steps beside its measured one.
+
+    ``variants``: name -> pipeline overrides (on ``preset``, with ``distill.teacher=teacher``); the first distillation
+    stage of each plan (pre-distillation where the plan has it, else the first grade) is built as ``kgdistill
+    distill`` builds it, the teacher's own training from its saved config as ``kgdistill train`` does. Each round
+    takes one step of every trainer in a rotating order, so drift of the machine's speed hits all alike; medians over
+    ``rounds`` after ``warmup``."""
+    from ..pmd.plan import plan, stage_run_config
+    from ..store.saved import load_model, load_run_config
+    from .distill import student_trainer
+    from .train import teacher_trainer
+
+    teacher = Path(teacher)
+    depth = load_model(teacher)[0].num_layers
+    teacher_config = load_run_config(teacher)
+    teacher_steps = teacher_config.train.max_steps
+    scratch = Path(tempfile.mkdtemp(prefix="stage-cost-"))
+    trainers = {"teacher": teacher_trainer(teacher_config, scratch / "teacher", progress=False)[0]}
+    stages = {}
+    for name, overrides in variants.items():
+        config = build_config(preset, overrides=parse_overrides([f"distill.teacher={teacher}", *overrides]))
+        stages[name] = next(s for s in plan(config, depth, teacher_steps) if s.kind in ("pmd", "query"))
+        trainers[name] = student_trainer(stage_run_config(config, stages[name], teacher), scratch / name,
+                                         progress=False)[0]
+    names = list(trainers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for trainer in trainers.values():
+        trainer.objective.train()
+    for round_ in range(warmup + rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds = timed_step(trainers[name])
+            if round_ >= warmup:
+                times[name].append(seconds)
+    teacher_s = statistics.median(times["teacher"])
+    rows = [{"name": "teacher", "layers": depth, "kind": "teacher", "steps": teacher_steps, "planned_cost": 1.0,
+             "measured_cost": 1.0, "s_per_step": teacher_s, "wall_s": teacher_steps * teacher_s}]
+    for name, stage in stages.items():
+        step_s = statistics.median(times[name])
+        rows.append({"name": name, "layers": stage.layers, "kind": stage.kind, "steps": stage.steps,
+                     "planned_cost": stage.cost, "measured_cost": step_s / teacher_s, "s_per_step": step_s,
+                     "wall_s": stage.steps * step_s})
+    return {"machine": machine_info(), "teacher": str(teacher), "rounds": rounds, "warmup": warmup,
+            "variants": variants, "rows": rows, "times": times}
 
 
 def peak_rss_mb() -> float:

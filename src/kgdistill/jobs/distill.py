@@ -64,6 +64,19 @@ def distill(config: RunConfig, output_dir: str | Path, resume: bool = False, pro
         raise KGDistillError("config key 'distill.teacher': a distill job needs its teacher's run or model folder")
     callbacks = [*make_trackers(tracker), *(callbacks or [])]
     guard_output(run_dir, resume)
+    trainer, data, config = student_trainer(config, run_dir, progress, callbacks)
+    if resume:
+        trainer.resume()
+    result = trainer.train()
+    return TrainOutcome(run_dir, result, evaluate_in_run(run_dir, data, trainer.objective.model, config,
+                                                          progress))
+
+
+def student_trainer(config: RunConfig, run_dir: Path, progress: bool = True,
+                    callbacks: list[Callback] | None = None) -> tuple[Trainer, DataContext, RunConfig]:
+    """One stage's seeded student, objective (with its teacher) and trainer, as ``distill`` runs them, and the
+    resolved config (:func:`resolve_stage`); the run's ``run_info`` is written (``bench/stage_cost.py`` times the
+    same steps)."""
     teacher_model, teacher_tokenizer, teacher_dir = load_model(config.distill.teacher)
     config = resolve_stage(config, teacher_model, teacher_dir)
     torch.manual_seed(config.seed)  # a stage run alone equals the same stage inside a pipeline
@@ -96,10 +109,7 @@ def distill(config: RunConfig, output_dir: str | Path, resume: bool = False, pro
                                           tokenizer.mask_token_id, terms, transfer)
     trainer = Trainer(run_dir, config, objective, data.train_set(), data.valid_set(), tokenizer, progress=progress,
                       callbacks=callbacks, ranker=data.valid_ranker())
-    if resume:
-        trainer.resume()
-    result = trainer.train()
-    return TrainOutcome(run_dir, result, evaluate_in_run(run_dir, data, student, config, progress))
+    return trainer, data, config
 
 
 def resolve_stage(config: RunConfig, teacher_model, teacher_dir: Path) -> RunConfig:

@@ -70,6 +70,19 @@ def guard_output(run_dir: Path, resume: bool) -> None:
                              f"output_dir")
 
 
+def teacher_trainer(config: RunConfig, run_dir: Path, progress: bool = True,
+                    callbacks: list[Callback] | None = None) -> tuple[Trainer, DataContext]:
+    """The teacher's seeded model, SimKGC objective and trainer, as ``train`` runs them (``bench/stage_cost.py``
+    times the same steps)."""
+    torch.manual_seed(config.seed)
+    model, tokenizer = build_model(config)
+    data = DataContext(config, tokenizer)
+    loss = InfoNCELoss(model, config.loss, data.known_train, config.train.batch_size)
+    objective = ContrastiveObjective(model, loss, config.train.gradient_cache_chunk)
+    return Trainer(run_dir, config, objective, data.train_set(), data.valid_set(), tokenizer, progress=progress,
+                   callbacks=callbacks, ranker=data.valid_ranker()), data
+
+
 def train(config: RunConfig, output_dir: str | Path, resume: bool = False, evaluate_after: bool = True,
           progress: bool = True, callbacks: list[Callback] | None = None, tracker: str | None = None) -> TrainOutcome:
     """Train a SimKGC teacher into ``output_dir``, then evaluate it on ``config.eval.split``.
@@ -81,14 +94,8 @@ def train(config: RunConfig, output_dir: str | Path, resume: bool = False, evalu
     distributed.init_from_env()
     run_dir = Path(output_dir)
     guard_output(run_dir, resume)
-    torch.manual_seed(config.seed)
-    model, tokenizer = build_model(config)
-    data = DataContext(config, tokenizer)
+    trainer, data = teacher_trainer(config, run_dir, progress, callbacks)
     write_run_info(run_dir, config, {"job": "train", "dataset": data.kg.summary()})
-    loss = InfoNCELoss(model, config.loss, data.known_train, config.train.batch_size)
-    objective = ContrastiveObjective(model, loss, config.train.gradient_cache_chunk)
-    trainer = Trainer(run_dir, config, objective, data.train_set(), data.valid_set(),
-                      tokenizer, progress=progress, callbacks=callbacks, ranker=data.valid_ranker())
     if resume:
         trainer.resume()
     result = trainer.train()
