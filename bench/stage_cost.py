@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 from kgdistill.jobs.bench import stage_costs
@@ -38,12 +39,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", required=True, help="a trained teacher run (its saved config is timed too)")
     parser.add_argument("--variant", action="append", required=True, metavar="NAME=OVERRIDES",
-                        help="a pipeline config: 'quick' plus space-separated key=value overrides")
+                        help="a pipeline config: 'quick' plus key=value overrides, split as a shell splits them")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json-out", type=Path, required=True)
     args = parser.parse_args()
-    variants = {name: overrides.split() for name, _, overrides in (v.partition("=") for v in args.variant)}
+    variants = {name: shlex.split(overrides) for name, _, overrides in (v.partition("=") for v in args.variant)}
     result = stage_costs(args.teacher, variants, args.rounds, args.warmup)
     result["table"] = table(result)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)

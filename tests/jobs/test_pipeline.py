@@ -157,6 +157,27 @@ def test_a_pipeline_from_a_trained_teacher_spends_the_teachers_own_steps(tiny_co
         pipeline(config, tmp_path / "p-bare", progress=False)
 
 
+def test_the_pipeline_plans_a_query_only_stage_by_its_datas_token_lengths(tiny_config, tmp_path):
+    """plan.json's cost of a query-only stage with transfer queries is step_cost over the mean lengths of the data the
+    stage trains on (the teacher's), and its steps spend the teacher's own steps."""
+    from kgdistill.jobs.pipeline import pipeline, plan_inputs
+    from kgdistill.jobs.train import train
+    from kgdistill.pmd.plan import step_cost
+
+    train(tiny_config(train__max_steps=5), tmp_path / "teacher", progress=False, evaluate_after=True)
+    config = tiny_config(train__max_steps=2, distill__stage_steps=None, distill__budget_ratio=1.0,
+                         distill__pre_distill=False, distill__grades=[{"layers": 2, "mask_rate": 0.0}],
+                         distill__student_side="query", distill__embedding_weight=1.0, distill__transfer_queries=4)
+    config.distill.teacher = str(tmp_path / "teacher")
+    depth, lengths = plan_inputs(config)
+    pipeline(config, tmp_path / "p", progress=False)
+    stage = json.loads((tmp_path / "p/plan.json").read_text(encoding="utf-8"))[1]
+    expected = step_cost(2, 4, 4, query_only=True, transfer=4 / 8, lengths=lengths)
+    assert depth == 4 and stage["cost"] == pytest.approx(expected)
+    assert stage["cost"] != pytest.approx(step_cost(2, 4, 4, query_only=True, transfer=4 / 8))
+    assert stage["steps"] == round(5 / expected)
+
+
 def test_a_teacher_not_evaluated_on_the_pipelines_split_is_refused_before_any_training(tiny_config, tmp_path):
     """The report compares every row with the teacher's evaluation: a teacher evaluated elsewhere (or not at all)
     is refused up front with one line saying what to run, not after every stage has trained."""

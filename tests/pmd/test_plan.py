@@ -36,6 +36,41 @@ def test_budget_gives_cheap_grades_more_steps():
             assert control.steps * control.cost == pytest.approx(grade.steps * grade.cost, rel=0.05)
 
 
+def test_step_cost_weighs_each_pass_by_its_sequences_tokens():
+    """Where student and teacher encode the same sequences (symmetric students, direct controls) lengths cancel; the
+    query-only student's trained pass is over queries while the teacher's entity passes are over entities, and each
+    transfer query costs its own length: there tokens decide (BENCHMARKS.md section 7u)."""
+    from kgdistill.pmd.plan import SequenceLengths, step_cost
+
+    lengths = SequenceLengths(query=31.6, entity=26.8, transfer=29.8)
+    for kwargs in ({}, {"direct": True}):
+        assert step_cost(2, 6, 6, **kwargs, lengths=lengths) == pytest.approx(step_cost(2, 6, 6, **kwargs))
+    teacher_step = 3 * 6 * (31.6 + 2 * 26.8)
+    assert step_cost(2, 6, 6, query_only=True, lengths=lengths) == pytest.approx(
+        (3 * 2 * 31.6 + 6 * 31.6 + 2 * 6 * 26.8) / teacher_step)
+    assert step_cost(2, 6, 6, query_only=True, transfer=1.0, lengths=lengths) == pytest.approx(
+        step_cost(2, 6, 6, query_only=True, lengths=lengths) + (3 * 2 + 6) * 29.8 / teacher_step)
+    # longer queries than entities: the query-only student costs more than the sequence count says
+    assert step_cost(2, 6, 6, query_only=True, lengths=lengths) > step_cost(2, 6, 6, query_only=True)
+
+
+def test_sequence_lengths_are_the_training_sets_and_a_fixed_transfer_draws(tiny_config):
+    from kgdistill.data.batching import TransferQueries
+    from kgdistill.models.plm import load_tokenizer, resolve_plm
+    from kgdistill.pmd.plan import sequence_lengths
+    from kgdistill.store.context import DataContext
+
+    config = tiny_config()
+    data = DataContext(config, load_tokenizer(resolve_plm(config.model.plm)))
+    lengths = sequence_lengths(data, sample=64)
+    query, tail, head = data.train_set().encoder_lengths(with_heads=True)
+    assert lengths.query == pytest.approx(query.mean())
+    assert lengths.entity == pytest.approx((tail.mean() + head.mean()) / 2)
+    assert lengths.query > lengths.entity  # a query is its head's text plus the relation's
+    drawn = TransferQueries(data.texts, data.tokenized, 64, seed=0).batch(0).attention_mask.sum(1).float().mean()
+    assert lengths.transfer == pytest.approx(float(drawn)) and lengths == sequence_lengths(data, sample=64)
+
+
 def test_transfer_queries_are_charged_to_the_budget():
     """Each transfer query costs a trained student query pass and a teacher one: at the same budget a stage with
     transfer queries (and the serving grade) takes fewer steps; its controls, which run none, keep equal compute."""

@@ -229,6 +229,7 @@ def test_train_rate_counts_flops_over_real_tokens_only(tiny_config):
 def test_stage_costs_time_each_planned_stage_beside_the_teachers_own_step(run_dir):
     from kgdistill.config import build_config, parse_overrides
     from kgdistill.jobs.bench import stage_costs
+    from kgdistill.jobs.pipeline import plan_inputs
     from kgdistill.pmd.plan import plan
 
     from conftest import tiny_overrides
@@ -245,7 +246,8 @@ def test_stage_costs_time_each_planned_stage_beside_the_teachers_own_step(run_di
     assert all(len(times) == 3 for times in result["times"].values())
     for name, overrides in variants.items():  # the planned side is the pipeline's own plan of that config
         config = build_config(None, overrides=parse_overrides([f"distill.teacher={run_dir}", *overrides]))
-        stage = next(s for s in plan(config, 4, 6) if s.kind == "pmd")
+        depth, lengths = plan_inputs(config)
+        stage = next(s for s in plan(config, depth, 6, lengths) if s.kind == "pmd")
         assert (rows[name]["planned_cost"], rows[name]["steps"], rows[name]["layers"]) == (stage.cost, stage.steps, 2)
         assert rows[name]["measured_cost"] == pytest.approx(
             np.median(result["times"][name]) / np.median(result["times"]["teacher"]))

@@ -130,12 +130,12 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
     takes one step of every trainer in a rotating order, so drift of the machine's speed hits all alike; medians over
     ``rounds`` after ``warmup``."""
     from ..pmd.plan import plan, stage_run_config
-    from ..store.saved import load_model, load_run_config
+    from ..store.saved import load_run_config
     from .distill import student_trainer
+    from .pipeline import plan_inputs
     from .train import teacher_trainer
 
     teacher = Path(teacher)
-    depth = load_model(teacher)[0].num_layers
     teacher_config = load_run_config(teacher)
     teacher_steps = teacher_config.train.max_steps
     scratch = Path(tempfile.mkdtemp(prefix="stage-cost-"))
@@ -143,7 +143,8 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
     stages = {}
     for name, overrides in variants.items():
         config = build_config(preset, overrides=parse_overrides([f"distill.teacher={teacher}", *overrides]))
-        stages[name] = next(s for s in plan(config, depth, teacher_steps) if s.kind in ("pmd", "query"))
+        depth, lengths = plan_inputs(config)
+        stages[name] = next(s for s in plan(config, depth, teacher_steps, lengths) if s.kind in ("pmd", "query"))
         trainers[name] = student_trainer(stage_run_config(config, stages[name], teacher), scratch / name,
                                          progress=False)[0]
     names = list(trainers)

@@ -3,22 +3,24 @@ folder, resumable stage by stage, then the report. A finished stage is never red
 its last checkpoint."""
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..models.plm import load_encoder, resolve_plm
-from ..pmd.plan import Stage, plan, stage_run_config
+from ..models.plm import load_encoder, load_tokenizer, resolve_plm
+from ..pmd.plan import SequenceLengths, Stage, plan, sequence_lengths, stage_run_config
 from ..pmd.report import Report, build_report
 from ..runfolder import RunFolder
 from ..store.model_card import write_model_card
 from ..io import read_json_object
+from ..store.context import DataContext
 from ..store.saved import load_model
 from ..training.callbacks import Callback, StepEnd
 from ..training.trackers import make_trackers
-from .distill import check_gradient_cache, distill
+from .distill import check_gradient_cache, distill, inherit_teacher_data
 from .train import train
 
 log = logging.getLogger("kgdistill")
@@ -58,6 +60,21 @@ def check_teacher_evaluated(teacher: str | Path, split: str) -> None:
                           f"{f' or set eval.split={evaluated}' if evaluated else ''}")
 
 
+def plan_inputs(config: RunConfig) -> tuple[int, SequenceLengths]:
+    """The teacher's depth and the mean sequence lengths of the data the stages train on (the teacher's data
+    settings where the user set none, as each stage inherits them), which the plan's step costs weigh passes by."""
+    teacher = config.distill.teacher
+    if teacher is not None:
+        teacher_model, tokenizer, teacher_dir = load_model(teacher)
+        depth = teacher_model.num_layers
+        config = copy.deepcopy(config)
+        inherit_teacher_data(config, teacher_dir, teacher_model.info)
+    else:
+        plm = resolve_plm(config.model.plm)
+        depth, tokenizer = int(load_encoder(plm).config.num_hidden_layers), load_tokenizer(plm)
+    return depth, sequence_lengths(DataContext(config, tokenizer))
+
+
 def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, tracker: str | None = None) -> Report:
     """The whole ladder, resumable stage by stage; writes ``report.json``, ``report.md`` and ``report.png``. With
     ``distill.teacher`` set, that trained teacher is reused instead of training one.
@@ -69,10 +86,8 @@ def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, t
     teacher = config.distill.teacher
     if teacher is not None:
         check_teacher_evaluated(teacher, config.eval.split)
-        depth = load_model(teacher)[0].num_layers
-    else:
-        depth = int(load_encoder(resolve_plm(config.model.plm)).config.num_hidden_layers)
-    stages = plan(config, depth)
+    depth, lengths = plan_inputs(config)
+    stages = plan(config, depth, lengths=lengths)
     if any(stage.kind == "pmd" for stage in stages):
         check_gradient_cache(config)
     RunFolder(out).write_json(RunFolder.PLAN, [s.__dict__ for s in stages])

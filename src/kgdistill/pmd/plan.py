@@ -32,28 +32,51 @@ def default_grades(depth: int) -> list[GradeConfig]:
     return grades
 
 
+@dataclass(frozen=True)
+class SequenceLengths:
+    """Mean real tokens of the sequences a step encodes; a layer pass costs in proportion to them (packed encoding):
+    the training queries (head text + relation), the training entities (tails, and heads alone) and the transfer
+    queries. All 1 (the default): every sequence costs the same."""
+    query: float = 1.0
+    entity: float = 1.0
+    transfer: float = 1.0
+
+
+def sequence_lengths(data, sample: int = 2048) -> SequenceLengths:
+    """The mean lengths of a DataContext's training set and of ``sample`` transfer queries (a fixed draw)."""
+    from ..data.batching import TransferQueries
+
+    query, tail, head = data.train_set().encoder_lengths(with_heads=True)
+    transfer = TransferQueries(data.texts, data.tokenized, sample, seed=0).batch(0).attention_mask.sum(1)
+    return SequenceLengths(float(query.mean()), float((tail.mean() + head.mean()) / 2), float(transfer.float().mean()))
+
+
 def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_only: bool = False,
               entity_layers: int | None = None, direct: bool = False, masked_passes: bool = False,
-              transfer: float = 0.0) -> float:
-    """Encoder layer passes of one stage step relative to one teacher training step (three sequences a sample:
-    query, tail, head; a trained pass costs about three forward passes, a frozen teacher's one).
+              transfer: float = 0.0, lengths: SequenceLengths = SequenceLengths()) -> float:
+    """Encoder token-layer passes of one stage step relative to one teacher training step (three sequences a sample:
+    query, tail, head, each weighted by its mean length in ``lengths``; a trained pass costs about three forward
+    passes, a frozen teacher's one). Counting tokens, not sequences, matters where student and teacher encode
+    different sequences: the query-only student and the transfer queries (BENCHMARKS.md section 7u).
 
     ``masked_passes``: scores come from clean text and MGFD runs, so student and teacher encode the masked query
     (and, unless only the query encoder is trained, the masked tail) once more. ``transfer``: transfer queries per
     training example (``distill.transfer_queries`` / ``train.batch_size``), each a trained student query pass and a
     teacher one."""
     entity_layers = entity_layers or teacher_layers
+    q, e = lengths.query, lengths.entity
+    sample = q + 2 * e
     if direct:
-        passes = 9 * student_layers
+        passes = 3 * student_layers * sample
     elif query_only:  # student query pass trained; tail and head come from the frozen teacher's entity encoder
-        passes = 3 * student_layers + teacher_layers + 2 * entity_layers
+        passes = 3 * student_layers * q + teacher_layers * q + 2 * entity_layers * e
     else:
-        passes = 9 * student_layers + 3 * teacher_layers
+        passes = (3 * student_layers + teacher_layers) * sample
     if masked_passes and not direct:
-        passes += (3 * student_layers + teacher_layers) * (1 if query_only else 2)
+        passes += (3 * student_layers + teacher_layers) * (q if query_only else q + e)
     if not direct:
-        passes += transfer * (3 * student_layers + teacher_layers)
-    return passes / (9 * base_layers)
+        passes += transfer * (3 * student_layers + teacher_layers) * lengths.transfer
+    return passes / (3 * base_layers * sample)
 
 
 @dataclass
@@ -91,11 +114,13 @@ def transfer_share(config: RunConfig, distill: DistillConfig, terms: dict) -> fl
     return distill.embedding_terms()[1] / config.train.batch_size if "transfer" in terms else 0.0
 
 
-def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> list[Stage]:
+def plan(config: RunConfig, depth: int, teacher_steps: int | None = None,
+         lengths: SequenceLengths = SequenceLengths()) -> list[Stage]:
     """The stages in order: teacher, pre-distillation, grades, and each grade's controls right after it.
 
     With a budget (:func:`distill_budget`) every distillation stage gets an even share of it, in teacher-step
-    equivalents, so cheap grades get more steps; explicit per-grade steps still win."""
+    equivalents (:func:`step_cost` with the data's ``lengths``), so cheap grades get more steps; explicit per-grade
+    steps still win."""
     d = config.distill
     budget = distill_budget(config, teacher_steps)
     if budget:
@@ -119,13 +144,13 @@ def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> lis
         terms = dict(stage_terms(d, rate)[1])
         masked_passes = d.student_input == "clean" and "mgfd" in terms
         cost = step_cost(layers, previous.layers, depth, query_only, entity_layers=depth, masked_passes=masked_passes,
-                         transfer=transfer_share(config, d, terms))
+                         transfer=transfer_share(config, d, terms), lengths=lengths)
         if steps is None and share is not None:
             steps = max(1, round(share / cost))
         stage = Stage(name, layers, rate, steps or d.stage_steps, lr, "pmd", previous.name, cost)
         stages.append(stage)
         for control in d.controls:  # 'direct'/'plm': the PMD stage's compute; '-steps': its steps; '-best': early
-            cost = step_cost(layers, previous.layers, depth, direct=True)  # stopped on valid MRR
+            cost = step_cost(layers, previous.layers, depth, direct=True, lengths=lengths)  # early stopped: valid MRR
             kind, variant = control_parts(control)
             steps_ = stage.steps if variant == "steps" else max(1, round(stage.steps * stage.cost / cost))
             stages.append(Stage(f"{name}-{control}", layers, None, steps_, lr, kind, previous.name, cost,
@@ -135,8 +160,8 @@ def plan(config: RunConfig, depth: int, teacher_steps: int | None = None) -> lis
         serving = dataclasses.replace(d, student_side="query")
         stages.append(Stage(f"{int(previous.name[:2]) + 1:02d}-serving-query-{previous.layers}L", previous.layers, 0.0,
                             previous.steps, previous.lr, "query", stages[0].name,
-                            step_cost(previous.layers, depth, depth, query_only=True, transfer=transfer_share(
-                                config, serving, dict(stage_terms(serving, 0.0)[1])))))
+                            step_cost(previous.layers, depth, depth, query_only=True, lengths=lengths,
+                                      transfer=transfer_share(config, serving, dict(stage_terms(serving, 0.0)[1])))))
     return stages
 
 
