@@ -72,7 +72,10 @@ def plan_inputs(config: RunConfig) -> tuple[int, SequenceLengths]:
     else:
         plm = resolve_plm(config.model.plm)
         depth, tokenizer = int(load_encoder(plm).config.num_hidden_layers), load_tokenizer(plm)
-    return depth, sequence_lengths(DataContext(config, tokenizer))
+    lengths = sequence_lengths(DataContext(config, tokenizer))
+    log.info("plan: mean tokens a sequence: training queries %.1f, entities %.1f, transfer queries %.1f",
+             lengths.query, lengths.entity, lengths.transfer)
+    return depth, lengths
 
 
 def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, tracker: str | None = None) -> Report:
