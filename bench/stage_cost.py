@@ -26,11 +26,13 @@ from kgdistill.jobs.bench import stage_costs
 def table(result: dict) -> str:
     """The rows as a Markdown table; wall times are planned steps times the measured median step."""
     rows = result["rows"]
-    lines = ["| stage | layers | steps | planned cost | measured cost | measured / planned | s/step | "
-             "steps x s/step | of the teacher's |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| stage | layers | steps | planned cost | measured cost | round ratios, quartiles | measured / planned | "
+             "s/step | steps x s/step | of the teacher's |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        quartiles = r.get("round_ratio_quartiles")
+        spread = f"{quartiles[0]:.3f} / {quartiles[1]:.3f} / {quartiles[2]:.3f}" if quartiles else "-"
         lines.append(f"| {r['name']} | {r['layers']} | {r['steps']} | {r['planned_cost']:.3f} | "
-                     f"{r['measured_cost']:.3f} | {r['measured_cost'] / r['planned_cost']:.2f} | "
+                     f"{r['measured_cost']:.3f} | {spread} | {r['measured_cost'] / r['planned_cost']:.2f} | "
                      f"{r['s_per_step']:.3f} | {r['wall_s']:.0f} | {r['wall_s'] / rows[0]['wall_s']:.0%} |")
     return "\n".join(lines)
 

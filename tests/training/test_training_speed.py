@@ -251,5 +251,8 @@ def test_stage_costs_time_each_planned_stage_beside_the_teachers_own_step(run_di
         assert (rows[name]["planned_cost"], rows[name]["steps"], rows[name]["layers"]) == (stage.cost, stage.steps, 2)
         assert rows[name]["measured_cost"] == pytest.approx(
             np.median(result["times"][name]) / np.median(result["times"]["teacher"]))
+        ratios = np.array(result["times"][name]) / np.array(result["times"]["teacher"])
+        low, middle, high = rows[name]["round_ratio_quartiles"]
+        assert ratios.min() <= low <= middle <= high <= ratios.max() and middle == pytest.approx(np.median(ratios))
     assert rows["query+transfer"]["planned_cost"] > rows["query"]["planned_cost"]  # transfer passes are charged
     assert rows["teacher"]["steps"] == 6

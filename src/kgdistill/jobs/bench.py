@@ -128,7 +128,8 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
     stage of each plan (pre-distillation where the plan has it, else the first grade) is built as ``kgdistill
     distill`` builds it, the teacher's own training from its saved config as ``kgdistill train`` does. Each round
     takes one step of every trainer in a rotating order, so drift of the machine's speed hits all alike; medians over
-    ``rounds`` after ``warmup``."""
+    ``rounds`` after ``warmup``, and the quartiles of each round's own ratio (stage step / teacher step) for their
+    spread."""
     from ..pmd.plan import plan, stage_run_config
     from ..store.saved import load_run_config
     from .distill import student_trainer
@@ -158,13 +159,15 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
             if round_ >= warmup:
                 times[name].append(seconds)
     teacher_s = statistics.median(times["teacher"])
-    rows = [{"name": "teacher", "layers": depth, "kind": "teacher", "steps": teacher_steps, "planned_cost": 1.0,
+    rows = [{"name": "teacher", "layers": trainers["teacher"].objective.model.num_layers, "kind": "teacher", "steps": teacher_steps, "planned_cost": 1.0,
              "measured_cost": 1.0, "s_per_step": teacher_s, "wall_s": teacher_steps * teacher_s}]
     for name, stage in stages.items():
         step_s = statistics.median(times[name])
+        paired = statistics.quantiles([a / b for a, b in zip(times[name], times["teacher"])], n=4,
+                                       method="inclusive")
         rows.append({"name": name, "layers": stage.layers, "kind": stage.kind, "steps": stage.steps,
                      "planned_cost": stage.cost, "measured_cost": step_s / teacher_s, "s_per_step": step_s,
-                     "wall_s": stage.steps * step_s})
+                     "wall_s": stage.steps * step_s, "round_ratio_quartiles": paired})
     return {"machine": machine_info(), "teacher": str(teacher), "rounds": rounds, "warmup": warmup,
             "variants": variants, "rows": rows, "times": times}
 
