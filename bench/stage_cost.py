@@ -26,13 +26,15 @@ from kgdistill.jobs.bench import stage_costs
 def table(result: dict) -> str:
     """The rows as a Markdown table; wall times are planned steps times the measured median step."""
     rows = result["rows"]
-    lines = ["| stage | layers | steps | planned cost | measured cost | round ratios, quartiles | measured / planned | "
-             "s/step | steps x s/step | of the teacher's |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| stage | layers | steps | planned cost | measured cost (95 % interval) | round ratios, quartiles | "
+             "measured / planned | s/step | steps x s/step | of the teacher's |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        quartiles = r.get("round_ratio_quartiles")
+        quartiles, interval = r.get("round_ratio_quartiles"), r.get("measured_cost_interval")
         spread = f"{quartiles[0]:.3f} / {quartiles[1]:.3f} / {quartiles[2]:.3f}" if quartiles else "-"
+        bounds = f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
         lines.append(f"| {r['name']} | {r['layers']} | {r['steps']} | {r['planned_cost']:.3f} | "
-                     f"{r['measured_cost']:.3f} | {spread} | {r['measured_cost'] / r['planned_cost']:.2f} | "
+                     f"{r['measured_cost']:.3f}{bounds} | {spread} | {r['measured_cost'] / r['planned_cost']:.2f} | "
                      f"{r['s_per_step']:.3f} | {r['wall_s']:.0f} | {r['wall_s'] / rows[0]['wall_s']:.0%} |")
     return "\n".join(lines)
 
@@ -47,7 +49,7 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, required=True)
     args = parser.parse_args()
     variants = {name: shlex.split(overrides) for name, _, overrides in (v.partition("=") for v in args.variant)}
-    result = stage_costs(args.teacher, variants, args.rounds, args.warmup)
+    result = stage_costs(args.teacher, variants, args.rounds, args.warmup, progress=True)
     result["table"] = table(result)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -254,5 +254,7 @@ def test_stage_costs_time_each_planned_stage_beside_the_teachers_own_step(run_di
         ratios = np.array(result["times"][name]) / np.array(result["times"]["teacher"])
         low, middle, high = rows[name]["round_ratio_quartiles"]
         assert ratios.min() <= low <= middle <= high <= ratios.max() and middle == pytest.approx(np.median(ratios))
+        lower, upper = rows[name]["measured_cost_interval"]
+        assert lower <= rows[name]["measured_cost"] <= upper
     assert rows["query+transfer"]["planned_cost"] > rows["query"]["planned_cost"]  # transfer passes are charged
     assert rows["teacher"]["steps"] == 6

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import build_config, parse_overrides
 from ..runtime import autocast
@@ -120,16 +121,29 @@ def timed_step(trainer) -> float:
     return time.perf_counter() - t0
 
 
+def cost_interval(stage_times: list[float], teacher_times: list[float], confidence: float = 0.95,
+                  resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """An interval for median stage step / median teacher step, resampling whole rounds (a round's two steps ran
+    side by side, so they are resampled together)."""
+    import numpy as np
+
+    stage, teacher = np.asarray(stage_times), np.asarray(teacher_times)
+    rows = np.random.default_rng(seed).integers(len(stage), size=(resamples, len(stage)))
+    ratios = np.median(stage[rows], axis=1) / np.median(teacher[rows], axis=1)
+    tail = (1 - confidence) / 2
+    return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
+
+
 def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int, warmup: int = 2,
-                preset: str | None = "quick") -> dict:
+                preset: str | None = "quick", progress: bool = False) -> dict:
     """Each variant's first distillation stage: its planned cost in teacher training steps beside its measured one.
 
     ``variants``: name -> pipeline overrides (on ``preset``, with ``distill.teacher=teacher``); the first distillation
     stage of each plan (pre-distillation where the plan has it, else the first grade) is built as ``kgdistill
     distill`` builds it, the teacher's own training from its saved config as ``kgdistill train`` does. Each round
     takes one step of every trainer in a rotating order, so drift of the machine's speed hits all alike; medians over
-    ``rounds`` after ``warmup``, and the quartiles of each round's own ratio (stage step / teacher step) for their
-    spread."""
+    ``rounds`` after ``warmup``, a 95 % interval for their ratio (:func:`cost_interval`) and the quartiles of each
+    round's own ratio (stage step / teacher step). ``progress``: a bar over the rounds."""
     from ..pmd.plan import plan, stage_run_config
     from ..store.saved import load_run_config
     from .distill import student_trainer
@@ -152,22 +166,24 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
     times: dict[str, list[float]] = {name: [] for name in names}
     for trainer in trainers.values():
         trainer.objective.train()
-    for round_ in range(warmup + rounds):
+    for round_ in tqdm(range(warmup + rounds), desc="rounds", disable=not progress):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             seconds = timed_step(trainers[name])
             if round_ >= warmup:
                 times[name].append(seconds)
     teacher_s = statistics.median(times["teacher"])
-    rows = [{"name": "teacher", "layers": trainers["teacher"].objective.model.num_layers, "kind": "teacher", "steps": teacher_steps, "planned_cost": 1.0,
-             "measured_cost": 1.0, "s_per_step": teacher_s, "wall_s": teacher_steps * teacher_s}]
+    rows = [{"name": "teacher", "layers": trainers["teacher"].objective.model.num_layers, "kind": "teacher",
+             "steps": teacher_steps, "planned_cost": 1.0, "measured_cost": 1.0, "s_per_step": teacher_s,
+             "wall_s": teacher_steps * teacher_s}]
     for name, stage in stages.items():
         step_s = statistics.median(times[name])
-        paired = statistics.quantiles([a / b for a, b in zip(times[name], times["teacher"])], n=4,
-                                       method="inclusive")
+        ratios = [a / b for a, b in zip(times[name], times["teacher"])]
+        paired = statistics.quantiles(ratios, n=4, method="inclusive")
         rows.append({"name": name, "layers": stage.layers, "kind": stage.kind, "steps": stage.steps,
                      "planned_cost": stage.cost, "measured_cost": step_s / teacher_s, "s_per_step": step_s,
-                     "wall_s": stage.steps * step_s, "round_ratio_quartiles": paired})
+                     "wall_s": stage.steps * step_s, "round_ratio_quartiles": paired,
+                     "measured_cost_interval": cost_interval(times[name], times["teacher"])})
     return {"machine": machine_info(), "teacher": str(teacher), "rounds": rounds, "warmup": warmup,
             "variants": variants, "rows": rows, "times": times}
 
