@@ -86,7 +86,7 @@ def main() -> None:
 
     def step() -> None:
         with record_function("data"):
-            batch = examples.batch(trainer.order.rows(next(counter)), with_heads=objective.needs_heads)
+            batch = trainer.batch(next(counter))
         trainer.train_step(batch)
 
     step()  # warm-up

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_kg, make_tiny_plm
+from conftest import make_tiny_kg, make_tiny_plm, tiny_overrides
 from kgdistill.data.batching import BatchOrder
 from kgdistill.errors import ConfigError, KGDistillError
 
@@ -231,8 +231,6 @@ def test_stage_costs_time_each_planned_stage_beside_the_teachers_own_step(run_di
     from kgdistill.jobs.bench import stage_costs
     from kgdistill.jobs.pipeline import plan_inputs
     from kgdistill.pmd.plan import plan
-
-    from conftest import tiny_overrides
 
     base = tiny_overrides(distill__stage_steps=None) + ["distill.budget_ratio=1", "train.max_steps=6",
                                                          "distill.embedding_weight=1", "distill.pre_distill=false"]

@@ -95,11 +95,11 @@ def train_rate(config, batch_size: int, precision: str, repeats: int, layers: in
     trainer = Trainer(tempfile.gettempdir(), config, objective, examples, None, tokenizer,
                       progress=False)  # train_step writes nothing to its run folder
     objective.train()
-    order, steps = trainer.order, itertools.count()
+    steps = itertools.count()
 
     def step():
         t0 = time.perf_counter()
-        batch = examples.batch(order.rows(next(steps)), with_heads=objective.needs_heads)
+        batch = trainer.batch(next(steps))
         trainer.train_step(batch)
         if times is not None:
             times.append(time.perf_counter() - t0)
@@ -115,7 +115,7 @@ def train_rate(config, batch_size: int, precision: str, repeats: int, layers: in
 def timed_step(trainer) -> float:
     """Seconds of one training step as :meth:`Trainer.train` takes it: the batch drawn, then the optimisation step."""
     t0 = time.perf_counter()
-    batch = trainer.train_set.batch(trainer.order.rows(trainer.state.step), with_heads=trainer.objective.needs_heads)
+    batch = trainer.batch(trainer.state.step)
     trainer.train_step(batch)
     trainer.state.step += 1
     return time.perf_counter() - t0

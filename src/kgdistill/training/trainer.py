@@ -168,6 +168,10 @@ class Trainer:
         share = self.batch_size // self.world  # this rank's slice of the global batch
         return rows[self.rank * share:(self.rank + 1) * share]
 
+    def batch(self, step: int):
+        """This rank's training batch of step ``step``, as :meth:`train` draws it (benchmarks time the same)."""
+        return self.train_set.batch(self._rows(step), with_heads=self.objective.needs_heads)
+
     # ------------------------------------------------------------------ checkpoints
     def _objective_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.objective.state_dict().items()
@@ -305,7 +309,7 @@ class Trainer:
                 callback.on_train_begin(self)
             while state.step < self.total_steps and not self.control.should_stop:
                 torch.manual_seed(step_seed(self.config.seed, state.step))
-                batch = self.train_set.batch(self._rows(state.step), with_heads=self.objective.needs_heads)
+                batch = self.batch(state.step)
                 t0 = time.perf_counter()
                 loss, logs = self.train_step(batch)
                 state.step += 1
