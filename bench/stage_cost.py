@@ -7,7 +7,8 @@
 The pipeline plans every stage's steps from its cost in teacher training steps (``pmd.plan.step_cost``: encoder
 layer passes), so "the distillation within the teacher's own training time" holds only as far as that cost model
 does. Each ``--variant NAME=OVERRIDES`` is a pipeline config (``quick`` plus the overrides, with ``--teacher``) whose
-first distillation stage is timed. One round takes one step of the teacher's own training (its saved config, a fresh
+first distillation stage is timed (``--all-stages``: every stage, a ladder's later grades taught by the grade above
+it at that grade's depth, and each variant's whole distillation against the teacher's time). One round takes one step of the teacher's own training (its saved config, a fresh
 model, as ``kgdistill train`` runs it) and one of each variant's stage (as ``kgdistill distill`` runs it), in a
 rotating order, so drift of the machine's speed hits all alike; the medians over ``--rounds`` rounds after
 ``--warmup`` give the measured cost (stage step / teacher step) beside the planned one, and the stage's planned
@@ -47,14 +48,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json-out", type=Path, required=True)
+    parser.add_argument("--all-stages", action="store_true", help="time every stage of each plan, not only the first")
     args = parser.parse_args()
     variants = {name: shlex.split(overrides) for name, _, overrides in (v.partition("=") for v in args.variant)}
-    result = stage_costs(args.teacher, variants, args.rounds, args.warmup, progress=True)
+    result = stage_costs(args.teacher, variants, args.rounds, args.warmup, progress=True, all_stages=args.all_stages)
     result["table"] = table(result)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     print(f"{result['machine']['cpu']}, {result['machine']['threads']} threads, {args.rounds} rounds")
     print(result["table"])
+    for name, share in result["totals"].items():
+        print(f"{name}: the distillation's planned steps x measured s/step = {share:.0%} of the teacher's")
 
 
 if __name__ == "__main__":

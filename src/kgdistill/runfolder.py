@@ -3,8 +3,9 @@
 
 A run folder holds ``config.yaml`` (the resolved config), ``run.json`` (seed, versions, precision), the training log
 ``train_log.jsonl``, ``train_summary.json``, ``metrics.json`` with ``ranks.npz`` (per-query ranks), the two
-checkpoints (self-contained model folders) and a model card; a pipeline's folder holds ``plan.json``, one stage
-folder per stage (each marked done by ``stage.json``) and the report.
+checkpoints (self-contained model folders) and a model card; a pipeline's folder holds ``plan.json`` (the stages and
+the mean token lengths their costs were weighed by), one stage folder per stage (each marked done by ``stage.json``)
+and the report.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ serving grade, a model card for every grade, no finished stage redone, and a sta
 stage in a pipeline."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -171,7 +172,9 @@ def test_the_pipeline_plans_a_query_only_stage_by_its_datas_token_lengths(tiny_c
     config.distill.teacher = str(tmp_path / "teacher")
     depth, lengths = plan_inputs(config)
     pipeline(config, tmp_path / "p", progress=False)
-    stage = json.loads((tmp_path / "p/plan.json").read_text(encoding="utf-8"))[1]
+    saved = json.loads((tmp_path / "p/plan.json").read_text(encoding="utf-8"))
+    assert saved["mean_tokens"] == dataclasses.asdict(lengths)  # the plan says what its costs were weighed by
+    stage = saved["stages"][1]
     expected = step_cost(2, 4, 4, query_only=True, transfer=4 / 8, lengths=lengths)
     assert depth == 4 and stage["cost"] == pytest.approx(expected)
     assert stage["cost"] != pytest.approx(step_cost(2, 4, 4, query_only=True, transfer=4 / 8))

@@ -189,6 +189,10 @@ def test_transfer_queries_are_a_pure_function_of_seed_and_step(tiny_config):
     assert all(np.array_equal(a, b) for a, b in zip(again.draw(5), (heads, relations)))
     assert not np.array_equal(transfer.draw(6)[0], heads)
     assert not np.array_equal(TransferQueries(data.texts, data.tokenized, 16, seed=4).draw(5)[0], heads)
+    other_rank = TransferQueries(data.texts, data.tokenized, 16, seed=3, rank=1)  # torchrun: each rank its own
+    assert not np.array_equal(other_rank.draw(5)[0], heads)
+    assert all(np.array_equal(a, b) for a, b in zip(TransferQueries(data.texts, data.tokenized, 16, 3, rank=0).draw(5),
+                                                    (heads, relations)))
     kg = data.kg
     drawn = [transfer.draw(step) for step in range(200)]
     assert {int(h) for h, _ in drawn for h in h} == set(range(kg.num_entities))

@@ -256,3 +256,23 @@ def test_stage_costs_time_each_planned_stage_beside_the_teachers_own_step(run_di
         assert lower <= rows[name]["measured_cost"] <= upper
     assert rows["query+transfer"]["planned_cost"] > rows["query"]["planned_cost"]  # transfer passes are charged
     assert rows["teacher"]["steps"] == 6
+
+
+def test_stage_costs_of_every_stage_time_each_grade_beside_its_own_teacher(run_dir):
+    """A ladder's later grades are taught by the grade above at that grade's depth; the total charges the
+    distillation's stages, not its controls, against the teacher's steps."""
+    from kgdistill.jobs.bench import stage_costs
+
+    ladder = tiny_overrides(distill__stage_steps=None) + [
+        "distill.budget_ratio=1", "train.max_steps=6", "distill.pre_distill=true", "distill.controls=[direct]",
+        "distill.grades=[{layers: 3, mask_rate: 0.1}, {layers: 2, mask_rate: 0}]"]
+    result = stage_costs(run_dir, {"L": ladder}, rounds=2, warmup=0, preset=None, all_stages=True)
+    rows = {row["name"]: row for row in result["rows"]}
+    assert list(rows) == ["teacher", "L/01-pre-distilled", "L/01-pre-distilled-direct", "L/02-grade1-3L",
+                          "L/02-grade1-3L-direct", "L/03-grade2-2L", "L/03-grade2-2L-direct"]
+    assert [(rows[n]["layers"], rows[n]["teacher_layers"]) for n in list(rows)[1:]] == [
+        (4, 4), (4, None), (3, 4), (3, None), (2, 3), (2, None)]
+    planned = [rows[n] for n in ("L/01-pre-distilled", "L/02-grade1-3L", "L/03-grade2-2L")]
+    for r in planned:  # the teacher's 6 steps split evenly over three stages, each rounded to whole steps
+        assert abs(r["steps"] * r["planned_cost"] - 2) <= r["planned_cost"] / 2
+    assert result["totals"]["L"] == pytest.approx(sum(r["wall_s"] for r in planned) / rows["teacher"]["wall_s"])

@@ -306,16 +306,18 @@ class BatchOrder:
 
 class TransferQueries:
     """Label-free queries for distillation's transfer set: ``count`` random (entity, relation or inverse relation)
-    pairs over the whole graph, in the text evaluation encodes them in. The draw is a pure function of (seed, step),
-    so a resumed run draws the same queries; no triple (so no answer) is looked at."""
+    pairs over the whole graph, in the text evaluation encodes them in. The draw is a pure function of (seed, step,
+    rank), so a resumed run draws the same queries and each torchrun rank its own (rank 0 the single process's); no
+    triple (so no answer) is looked at."""
 
-    def __init__(self, texts: TextBuilder, tokenized: Tokenized, count: int, seed: int):
-        self.texts, self.tokenized, self.count, self.seed = texts, tokenized, count, seed
+    def __init__(self, texts: TextBuilder, tokenized: Tokenized, count: int, seed: int, rank: int = 0):
+        self.texts, self.tokenized, self.count, self.seed, self.rank = texts, tokenized, count, seed, rank
 
     def draw(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The heads and relations (inverse ones offset by the number of relations) of step ``step``."""
         kg = self.texts.kg
-        rng = np.random.default_rng([self.seed, step, 0x7A5F])  # a stream apart from the batch order's
+        stream = [self.seed, step, 0x7A5F] + ([self.rank] if self.rank else [])  # apart from the batch order's
+        rng = np.random.default_rng(stream)
         return rng.integers(kg.num_entities, size=self.count), rng.integers(2 * kg.num_relations, size=self.count)
 
     def batch(self, step: int) -> EncoderBatch:

@@ -135,15 +135,19 @@ def cost_interval(stage_times: list[float], teacher_times: list[float], confiden
 
 
 def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int, warmup: int = 2,
-                preset: str | None = "quick", progress: bool = False) -> dict:
-    """Each variant's first distillation stage: its planned cost in teacher training steps beside its measured one.
+                preset: str | None = "quick", progress: bool = False, all_stages: bool = False) -> dict:
+    """Each variant's first distillation stage (``all_stages``: every stage after the teacher, as ``VARIANT/STAGE``):
+    its planned cost in teacher training steps beside its measured one.
 
     ``variants``: name -> pipeline overrides (on ``preset``, with ``distill.teacher=teacher``); the first distillation
     stage of each plan (pre-distillation where the plan has it, else the first grade) is built as ``kgdistill
-    distill`` builds it, the teacher's own training from its saved config as ``kgdistill train`` does. Each round
-    takes one step of every trainer in a rotating order, so drift of the machine's speed hits all alike; medians over
-    ``rounds`` after ``warmup``, a 95 % interval for their ratio (:func:`cost_interval`) and the quartiles of each
-    round's own ratio (stage step / teacher step). ``progress``: a bar over the rounds."""
+    distill`` builds it, the teacher's own training from its saved config as ``kgdistill train`` does. A later stage
+    is taught by its predecessor as built (saved untrained: a step's cost depends on the depths, not the weights).
+    Each round takes one step of every trainer in a rotating order, so drift of the machine's speed hits all alike;
+    medians over ``rounds`` after ``warmup``, a 95 % interval for their ratio (:func:`cost_interval`) and the
+    quartiles of each round's own ratio (stage step / teacher step); ``totals``: each variant's distillation stages
+    (controls left out), planned steps times measured step, against the teacher's steps times its step.
+    ``progress``: a bar over the rounds."""
     from ..pmd.plan import plan, stage_run_config
     from ..store.saved import load_run_config
     from .distill import student_trainer
@@ -155,13 +159,19 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
     teacher_steps = teacher_config.train.max_steps
     scratch = Path(tempfile.mkdtemp(prefix="stage-cost-"))
     trainers = {"teacher": teacher_trainer(teacher_config, scratch / "teacher", progress=False)[0]}
-    stages = {}
+    stages, variant_of = {}, {}
     for name, overrides in variants.items():
         config = build_config(preset, overrides=parse_overrides([f"distill.teacher={teacher}", *overrides]))
         depth, lengths = plan_inputs(config)
-        stages[name] = next(s for s in plan(config, depth, teacher_steps, lengths) if s.kind in ("pmd", "query"))
-        trainers[name] = student_trainer(stage_run_config(config, stages[name], teacher), scratch / name,
-                                         progress=False)[0]
+        planned = plan(config, depth, teacher_steps, lengths)
+        chosen = planned[1:] if all_stages else [next(s for s in planned if s.kind in ("pmd", "query"))]
+        folders = {planned[0].name: teacher}
+        for stage in chosen:
+            key = f"{name}/{stage.name}" if all_stages else name
+            trainer = student_trainer(stage_run_config(config, stage, folders[stage.teacher]), scratch / key,
+                                      progress=False)[0]
+            trainer.save()  # checkpoint-last: the teacher of the stage after it
+            folders[stage.name], stages[key], trainers[key], variant_of[key] = scratch / key, stage, trainer, name
     names = list(trainers)
     times: dict[str, list[float]] = {name: [] for name in names}
     for trainer in trainers.values():
@@ -180,12 +190,16 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
         step_s = statistics.median(times[name])
         ratios = [a / b for a, b in zip(times[name], times["teacher"])]
         paired = statistics.quantiles(ratios, n=4, method="inclusive")
+        teacher_model = getattr(trainers[name].objective, "teacher", None)  # a direct control has none
         rows.append({"name": name, "layers": stage.layers, "kind": stage.kind, "steps": stage.steps,
+                     "teacher_layers": teacher_model.num_layers if teacher_model is not None else None,
                      "planned_cost": stage.cost, "measured_cost": step_s / teacher_s, "s_per_step": step_s,
                      "wall_s": stage.steps * step_s, "round_ratio_quartiles": paired,
                      "measured_cost_interval": cost_interval(times[name], times["teacher"])})
+    totals = {name: sum(r["wall_s"] for r in rows[1:] if variant_of[r["name"]] == name and r["kind"] in
+                        ("pmd", "query")) / rows[0]["wall_s"] for name in variants}
     return {"machine": machine_info(), "teacher": str(teacher), "rounds": rounds, "warmup": warmup,
-            "variants": variants, "rows": rows, "times": times}
+            "variants": variants, "rows": rows, "totals": totals, "times": times}
 
 
 def peak_rss_mb() -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..config import DataConfig, RunConfig
 from ..data.batching import TransferQueries, tokenizer_key
 from ..errors import KGDistillError
@@ -103,8 +104,8 @@ def student_trainer(config: RunConfig, run_dir: Path, progress: bool = True,
     if direct:
         objective = ContrastiveObjective(student, loss, config.train.gradient_cache_chunk)
     else:
-        transfer = (TransferQueries(data.texts, data.tokenized, config.distill.embedding_terms()[1], config.seed)
-                    if "transfer" in dict(terms) else None)
+        transfer = (TransferQueries(data.texts, data.tokenized, config.distill.embedding_terms()[1], config.seed,
+                                    distributed.rank()) if "transfer" in dict(terms) else None)
         objective = DistillationObjective(student, teacher_model, loss, config.distill, mask_rate,
                                           tokenizer.mask_token_id, terms, transfer)
     trainer = Trainer(run_dir, config, objective, data.train_set(), data.valid_set(), tokenizer, progress=progress,

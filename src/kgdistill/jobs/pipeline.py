@@ -4,6 +4,7 @@ its last checkpoint."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -93,7 +94,8 @@ def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, t
     stages = plan(config, depth, lengths=lengths)
     if any(stage.kind == "pmd" for stage in stages):
         check_gradient_cache(config)
-    RunFolder(out).write_json(RunFolder.PLAN, [s.__dict__ for s in stages])
+    RunFolder(out).write_json(RunFolder.PLAN, {"mean_tokens": dataclasses.asdict(lengths),
+                                               "stages": [s.__dict__ for s in stages]})
     default_steps = config.distill.stage_steps or config.train.max_steps or 1
     folders: dict[str, Path] = {}
     for index, stage in enumerate(stages):
