@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -182,6 +183,7 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
             seconds = timed_step(trainers[name])
             if round_ >= warmup:
                 times[name].append(seconds)
+    shutil.rmtree(scratch, ignore_errors=True)  # the stages' checkpoints: the teachers of the stages after them
     teacher_s = statistics.median(times["teacher"])
     rows = [{"name": "teacher", "layers": trainers["teacher"].objective.model.num_layers, "kind": "teacher",
              "steps": teacher_steps, "planned_cost": 1.0, "measured_cost": 1.0, "s_per_step": teacher_s,
