@@ -166,12 +166,13 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
         depth, lengths = plan_inputs(config)
         planned = plan(config, depth, teacher_steps, lengths)
         chosen = planned[1:] if all_stages else [next(s for s in planned if s.kind in ("pmd", "query"))]
-        folders = {planned[0].name: teacher}
+        folders, teaching = {planned[0].name: teacher}, {s.teacher for s in chosen}
         for stage in chosen:
             key = f"{name}/{stage.name}" if all_stages else name
             trainer = student_trainer(stage_run_config(config, stage, folders[stage.teacher]), scratch / key,
                                       progress=False)[0]
-            trainer.save()  # checkpoint-last: the teacher of the stage after it
+            if stage.name in teaching:  # its checkpoint-last teaches a later stage
+                trainer.save()
             folders[stage.name], stages[key], trainers[key], variant_of[key] = scratch / key, stage, trainer, name
     names = list(trainers)
     times: dict[str, list[float]] = {name: [] for name in names}
