@@ -158,12 +158,38 @@ def test_interrupted_run_resumes_to_identical_weights(variant, checkpoint_every,
     assert_same_run(expected, run)
 
 
+def test_query_only_stage_with_transfer_queries_resumes_to_identical_weights(env, baseline):
+    """The serving student's stage: its transfer queries are drawn by step, so a stage interrupted after a checkpoint
+    and resumed ends equal to one run through."""
+    from kgdistill.api import distill
+
+    stage = [f"distill.teacher={baseline('default')}", "model.num_layers=1", "distill.student_side=query",
+             "distill.query_transfer_queries=8", "distill.query_embedding_weight=4",
+             "distill.stage_steps=6", "train.checkpoint_every=2"]
+    expected = env["root"] / "query-stage"
+    distill(make_config(env, "default", *stage), expected, progress=False)
+    run = env["root"] / "query-stage-interrupted"
+    real_save = Trainer.save
+
+    def save(self, name=RunFolder.LAST):
+        real_save(self, name)
+        if name == RunFolder.LAST and self.step == 4:
+            raise Crash("after checkpoint 4")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "save", save)
+        with pytest.raises(Crash):
+            distill(make_config(env, "default", *stage), run, progress=False)
+    distill(make_config(env, "default", *stage), run, resume=True, progress=False)
+    assert_same_run(expected, run)
+
+
 def test_resume_with_a_different_schedule_is_refused(env, baseline):
     from kgdistill.api import train
 
     run = env["root"] / "changed-schedule"
     shutil.copytree(baseline("default"), run)
-    with pytest.raises(CheckpointError, match="resume with the same config"):
+    with pytest.raises(CheckpointError, match="saved for .* steps but this run has .*resume with the settings that saved it"):
         train(make_config(env, "default", f"train.max_steps={TOTAL_STEPS + 2}"), run, resume=True, progress=False)
 
 

@@ -276,3 +276,23 @@ def test_stage_costs_of_every_stage_time_each_grade_beside_its_own_teacher(run_d
     for r in planned:  # the teacher's 6 steps split evenly over three stages, each rounded to whole steps
         assert abs(r["steps"] * r["planned_cost"] - 2) <= r["planned_cost"] / 2
     assert result["totals"]["L"] == pytest.approx(sum(r["wall_s"] for r in planned) / rows["teacher"]["wall_s"])
+
+
+def test_stage_costs_remove_their_scratch_folder_also_when_a_step_raises(run_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    from kgdistill.jobs import bench
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+
+    def failing_step(trainer):
+        assert list(scratch_root.glob("stage-cost-*"))  # the stages were built there
+        raise RuntimeError("step failed")
+
+    monkeypatch.setattr(bench, "timed_step", failing_step)
+    variants = {"2L": tiny_overrides() + ["distill.grades=[{layers: 2, mask_rate: 0}]", "distill.pre_distill=false"]}
+    with pytest.raises(RuntimeError, match="step failed"):
+        bench.stage_costs(run_dir, variants, rounds=1, warmup=0, preset=None)
+    assert not list(scratch_root.glob("stage-cost-*"))

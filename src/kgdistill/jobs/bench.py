@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
 import tempfile
 import time
@@ -158,33 +157,34 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
     teacher = Path(teacher)
     teacher_config = load_run_config(teacher)
     teacher_steps = teacher_config.train.max_steps
-    scratch = Path(tempfile.mkdtemp(prefix="stage-cost-"))
-    trainers = {"teacher": teacher_trainer(teacher_config, scratch / "teacher", progress=False)[0]}
-    stages, variant_of = {}, {}
-    for name, overrides in variants.items():
-        config = build_config(preset, overrides=parse_overrides([f"distill.teacher={teacher}", *overrides]))
-        depth, lengths = plan_inputs(config)
-        planned = plan(config, depth, teacher_steps, lengths)
-        chosen = planned[1:] if all_stages else [next(s for s in planned if s.kind in ("pmd", "query"))]
-        folders, teaching = {planned[0].name: teacher}, {s.teacher for s in chosen}
-        for stage in chosen:
-            key = f"{name}/{stage.name}" if all_stages else name
-            trainer = student_trainer(stage_run_config(config, stage, folders[stage.teacher]), scratch / key,
-                                      progress=False)[0]
-            if stage.name in teaching:  # its checkpoint-last teaches a later stage
-                trainer.save()
-            folders[stage.name], stages[key], trainers[key], variant_of[key] = scratch / key, stage, trainer, name
-    names = list(trainers)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for trainer in trainers.values():
-        trainer.objective.train()
-    for round_ in tqdm(range(warmup + rounds), desc="rounds", disable=not progress):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            seconds = timed_step(trainers[name])
-            if round_ >= warmup:
-                times[name].append(seconds)
-    shutil.rmtree(scratch, ignore_errors=True)  # the stages' checkpoints: the teachers of the stages after them
+    # the stages' checkpoints (the teachers of the stages after them) go with the folder, also when a step raises
+    with tempfile.TemporaryDirectory(prefix="stage-cost-") as folder:
+        scratch = Path(folder)
+        trainers = {"teacher": teacher_trainer(teacher_config, scratch / "teacher", progress=False)[0]}
+        stages, variant_of = {}, {}
+        for name, overrides in variants.items():
+            config = build_config(preset, overrides=parse_overrides([f"distill.teacher={teacher}", *overrides]))
+            depth, lengths = plan_inputs(config)
+            planned = plan(config, depth, teacher_steps, lengths)
+            chosen = planned[1:] if all_stages else [next(s for s in planned if s.kind in ("pmd", "query"))]
+            folders, teaching = {planned[0].name: teacher}, {s.teacher for s in chosen}
+            for stage in chosen:
+                key = f"{name}/{stage.name}" if all_stages else name
+                trainer = student_trainer(stage_run_config(config, stage, folders[stage.teacher]), scratch / key,
+                                          progress=False)[0]
+                if stage.name in teaching:  # its checkpoint-last teaches a later stage
+                    trainer.save()
+                folders[stage.name], stages[key], trainers[key], variant_of[key] = scratch / key, stage, trainer, name
+        names = list(trainers)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for trainer in trainers.values():
+            trainer.objective.train()
+        for round_ in tqdm(range(warmup + rounds), desc="rounds", disable=not progress):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                seconds = timed_step(trainers[name])
+                if round_ >= warmup:
+                    times[name].append(seconds)
     teacher_s = statistics.median(times["teacher"])
     rows = [{"name": "teacher", "layers": trainers["teacher"].objective.model.num_layers, "kind": "teacher",
              "steps": teacher_steps, "planned_cost": 1.0, "measured_cost": 1.0, "s_per_step": teacher_s,

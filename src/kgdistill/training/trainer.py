@@ -209,7 +209,8 @@ class Trainer:
                                   f"unexpected {unexpected[:3]})")
         if progress.get("total_steps") != self.total_steps:
             raise CheckpointError(f"{folder}: saved for {progress.get('total_steps')} steps but this run has "
-                                  f"{self.total_steps}; resume with the same config")
+                                  f"{self.total_steps} (its config, or the pipeline's plan of a stage's steps, "
+                                  "changed since); resume with the settings that saved it, or use a new output folder")
         self.state.step = int(progress["step"])
         log_path = self.run_dir / RunFolder.LOG
         if log_path.is_file():  # drop records of steps after the checkpoint: they are redone
