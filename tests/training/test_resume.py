@@ -43,6 +43,18 @@ class Crash(Exception):
     """Stands in for a crash of the training process."""
 
 
+def crash_after_checkpoint(mp: pytest.MonkeyPatch, step: int) -> None:
+    """Make the trainer raise :class:`Crash` right after it has written checkpoint-last at ``step``."""
+    real_save = Trainer.save
+
+    def save(self, name=RunFolder.LAST):
+        real_save(self, name)
+        if name == RunFolder.LAST and self.step == step:
+            raise Crash(f"after checkpoint {self.step}")
+
+    mp.setattr(Trainer, "save", save)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
     cache = tmp_path_factory.mktemp("resume-cache")
@@ -126,14 +138,7 @@ def test_interrupted_run_resumes_to_identical_weights(variant, checkpoint_every,
     config = make_config(env, variant, f"train.checkpoint_every={checkpoint_every}")
     with pytest.MonkeyPatch.context() as mp:
         if where == "after-save":
-            real_save = Trainer.save
-
-            def save(self, name=RunFolder.LAST):
-                real_save(self, name)
-                if name == RunFolder.LAST and self.step == crash_step:
-                    raise Crash(f"after checkpoint {self.step}")
-
-            mp.setattr(Trainer, "save", save)
+            crash_after_checkpoint(mp, crash_step)
         else:
             real_forward = ContrastiveObjective.forward
 
@@ -169,15 +174,8 @@ def test_query_only_stage_with_transfer_queries_resumes_to_identical_weights(env
     expected = env["root"] / "query-stage"
     distill(make_config(env, "default", *stage), expected, progress=False)
     run = env["root"] / "query-stage-interrupted"
-    real_save = Trainer.save
-
-    def save(self, name=RunFolder.LAST):
-        real_save(self, name)
-        if name == RunFolder.LAST and self.step == 4:
-            raise Crash("after checkpoint 4")
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "save", save)
+        crash_after_checkpoint(mp, 4)
         with pytest.raises(Crash):
             distill(make_config(env, "default", *stage), run, progress=False)
     distill(make_config(env, "default", *stage), run, resume=True, progress=False)
@@ -189,7 +187,8 @@ def test_resume_with_a_different_schedule_is_refused(env, baseline):
 
     run = env["root"] / "changed-schedule"
     shutil.copytree(baseline("default"), run)
-    with pytest.raises(CheckpointError, match="saved for .* steps but this run has .*resume with the settings that saved it"):
+    with pytest.raises(CheckpointError,
+                       match="saved for .* steps but this run has .*resume with the settings that saved it"):
         train(make_config(env, "default", f"train.max_steps={TOTAL_STEPS + 2}"), run, resume=True, progress=False)
 
 
