@@ -19,7 +19,8 @@ from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from kgdistill.api import DataContext, build_model, load_model
+from kgdistill.api import DataContext, build_model
+from kgdistill.store.saved import load_teacher
 from kgdistill.jobs.bench import machine_info
 from kgdistill.config import build_config, parse_overrides
 from kgdistill.training.distillation import DistillationObjective
@@ -54,7 +55,7 @@ def build_objective(config, teacher: str | None, mask_rate: float, layers: int |
         data = DataContext(config, tokenizer)
         return ContrastiveObjective(model, InfoNCELoss(model, config.loss, data.known_train,
                                                        config.train.batch_size)), data, tokenizer
-    teacher_model, tokenizer, _ = load_model(teacher)
+    teacher_model, tokenizer, _ = load_teacher(teacher)
     config.model.num_layers = layers or teacher_model.num_layers
     student, tokenizer = build_model(config, teacher=teacher_model)
     data = DataContext(config, tokenizer)

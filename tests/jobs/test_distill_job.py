@@ -1,6 +1,6 @@
 """The distill job (``kgdistill.jobs.distill``, issue 10): a student inherits its teacher's dataset and text settings
 but keeps the data keys its user set, each distillation lever trains and evaluates, and the student starts at its
-teacher's temperature."""
+teacher's temperature, from the checkpoint the teacher's metrics scored."""
 from __future__ import annotations
 
 import json
@@ -112,3 +112,27 @@ def test_student_starts_at_the_teachers_temperature(tiny_config, tmp_path, copy)
     student, _, _ = load_model(tmp_path / "s")
     expected = float(teacher.log_inv_t.detach()) if copy else float(torch.log(torch.tensor(5.0)))
     assert float(student.log_inv_t.detach()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_student_learns_from_the_checkpoint_its_teachers_metrics_scored(tiny_config, tmp_path):
+    """A teacher trained with eval.checkpoint=best reports checkpoint-best's metrics, so its students are distilled
+    from checkpoint-best, not from the last one (whose temperature, copied into the student, differs)."""
+    from kgdistill.jobs.distill import distill
+    from kgdistill.jobs.train import train
+    from kgdistill.store.saved import load_model
+
+    teacher_config = tiny_config(train__max_steps=4, train__validate_every=1, train__checkpoint_every=1,
+                                 train__valid_ranking=True, eval__checkpoint="best", train__lr=5e-2,
+                                 loss__init_temperature=0.2)
+    train(teacher_config, tmp_path / "t", progress=False)
+    best, _, _ = load_model(tmp_path / "t", "best")
+    last, _, _ = load_model(tmp_path / "t", "last")
+    # the two checkpoints differ here, so the student shows which one it came from
+    assert float(best.log_inv_t.detach()) != pytest.approx(float(last.log_inv_t.detach()))
+    config = tiny_config(model__init_from="teacher", train__lr=1e-12, loss__init_temperature=0.2)
+    config.distill.teacher, config.model.num_layers = str(tmp_path / "t"), 2
+    config.distill.mask_rate, config.distill.stage_steps = 0.0, 1
+    distill(config, tmp_path / "s", progress=False)
+    student, _, _ = load_model(tmp_path / "s")
+    assert student.info["teacher"] == str(tmp_path / "t" / "checkpoint-best")
+    assert float(student.log_inv_t.detach()) == pytest.approx(float(best.log_inv_t.detach()), abs=1e-6)

@@ -15,7 +15,7 @@ from ..errors import KGDistillError
 from ..losses.contrastive import InfoNCELoss
 from ..models.builder import build_model
 from ..store.context import DataContext
-from ..store.saved import load_model, load_run_config
+from ..store.saved import load_run_config, load_teacher
 from ..training.callbacks import Callback
 from ..training.distillation import DistillationObjective, needs_teacher, stage_terms
 from ..training.objectives import ContrastiveObjective
@@ -78,7 +78,7 @@ def student_trainer(config: RunConfig, run_dir: Path, progress: bool = True,
     """One stage's seeded student, objective (with its teacher) and trainer, as ``distill`` runs them, and the
     resolved config (:func:`resolve_stage`); the run's ``run_info`` is written (``bench/stage_cost.py`` times the
     same steps)."""
-    teacher_model, teacher_tokenizer, teacher_dir = load_model(config.distill.teacher)
+    teacher_model, teacher_tokenizer, teacher_dir = load_teacher(config.distill.teacher)
     config = resolve_stage(config, teacher_model, teacher_dir)
     torch.manual_seed(config.seed)  # a stage run alone equals the same stage inside a pipeline
     student, tokenizer = build_model(config, teacher=teacher_model)

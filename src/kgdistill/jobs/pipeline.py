@@ -18,7 +18,7 @@ from ..runfolder import RunFolder
 from ..store.model_card import write_model_card
 from ..io import read_json_object
 from ..store.context import DataContext
-from ..store.saved import load_model
+from ..store.saved import load_teacher
 from ..training.callbacks import Callback, StepEnd
 from ..training.trackers import make_trackers
 from .distill import check_gradient_cache, distill, inherit_teacher_data
@@ -66,7 +66,7 @@ def plan_inputs(config: RunConfig) -> tuple[int, SequenceLengths]:
     settings where the user set none, as each stage inherits them), which the plan's step costs weigh passes by."""
     teacher = config.distill.teacher
     if teacher is not None:
-        teacher_model, tokenizer, teacher_dir = load_model(teacher)
+        teacher_model, tokenizer, teacher_dir = load_teacher(teacher)
         depth = teacher_model.num_layers
         config = copy.deepcopy(config)
         inherit_teacher_data(config, teacher_dir, teacher_model.info)

@@ -83,6 +83,13 @@ def load_model(path: str | Path, checkpoint: str = "last") -> tuple[BiEncoder, o
     return BiEncoder.load(folder), load_model_tokenizer(folder), folder
 
 
+def load_teacher(path: str | Path) -> tuple[BiEncoder, object, Path]:
+    """A teacher at the checkpoint its own metrics.json scored (its run's ``eval.checkpoint``; a model folder as it
+    is), so a student learns from the model its "% of teacher" is measured against, also from an early-stopped
+    teacher."""
+    return load_model(path, chosen_checkpoint(path, RunConfig()))
+
+
 def trained_steps(path: str | Path) -> int | None:
     """The steps a saved model was trained for: ``train_summary.json`` of its run folder (``path`` itself, or the run
     folder above a checkpoint); None when there is none (a bare model folder)."""
