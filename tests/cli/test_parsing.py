@@ -53,7 +53,7 @@ def no_model_loads(monkeypatch):
         raise AssertionError("a model was loaded before the input was checked")
 
     for name in ("jobs.train.build_model", "jobs.evaluate.load_model", "jobs.distill.build_model",
-                 "jobs.distill.load_model", "jobs.pipeline.load_model"):  # every job that builds or loads one
+                 "jobs.distill.load_teacher", "jobs.pipeline.load_teacher"):  # every job that builds or loads one
         monkeypatch.setattr(f"kgdistill.{name}", boom)
     monkeypatch.setattr("kgdistill.models.biencoder.BiEncoder.load", boom)
     monkeypatch.setattr("kgdistill.inference.predictor.Predictor.from_pretrained", boom)

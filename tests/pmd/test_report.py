@@ -11,7 +11,7 @@ from kgdistill.pmd.report import Report
 
 
 def test_teacher_status_reads_the_valid_curve(tmp_path):
-    from kgdistill.pmd.report import teacher_status
+    from kgdistill.pmd.report import teacher_state, teacher_status
 
     def write(values):
         lines = [json.dumps({"step": 10 * (i + 1), "valid_mrr": v}) for i, v in enumerate(values)]
@@ -22,6 +22,16 @@ def test_teacher_status_reads_the_valid_curve(tmp_path):
     write([0.1, 0.2, 0.3, 0.35, 0.38, 0.40, 0.42, 0.44])
     status = teacher_status(tmp_path)
     assert status["status"] == "not converged" and status["valid_mrr_range_last_quarter"] == pytest.approx(0.04)
+    write([0.39, 0.41, 0.40, 0.37, 0.36, 0.35, 0.34, 0.334])  # BENCHMARKS.md 7aa's overfitting teacher, in short
+    status = teacher_status(tmp_path)
+    assert status["status"] == "past its best" and (status["best_step"], status["valid_mrr"]) == (20, 0.334)
+    assert "eval.checkpoint=best" in teacher_state(status)
+    (tmp_path / "checkpoint-best").mkdir()
+    early = teacher_status(tmp_path / "checkpoint-best")  # the same run, distilled from its best checkpoint
+    assert early["status"] == "early-stopped" and early["valid_mrr"] == 0.41
+    assert teacher_state(early) == "early-stopped: scored at its best valid MRR, 41.00 at step 20 of its 80 steps"
+    (tmp_path / "config.yaml").write_text("eval:\n  checkpoint: best\n")  # a run evaluated at its best
+    assert teacher_status(tmp_path)["status"] == "early-stopped"
     (tmp_path / "train_log.jsonl").write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
     assert teacher_status(tmp_path)["status"].startswith("unknown")
 
@@ -70,6 +80,21 @@ def test_report_states_each_students_gap_to_its_controls():
     text = report.markdown()
     assert "direct control at equal compute (02-grade1-2L-direct): -7.00 MRR; the control is ahead" in text
     assert "at equal steps (02-grade1-2L-direct-steps): +2.00 MRR; the student is ahead" in text
+    assert report.students_above_teacher() == [] and "Above 102 %" not in text
+
+
+def test_report_names_students_above_102_percent_of_their_teacher():
+    """Issue 18: a student above 102 % of its teacher says the teacher is unfinished; controls are not students."""
+    def row(name, kind, mrr):
+        return {"name": name, "kind": kind, "layers": 2, "entity_layers": 2, "parameters": 1e6,
+                "non_embedding_parameters": 1e5, "size_mb": 1, "entities_per_s": None,
+                "no_rerank": {"mrr": mrr, "hits@1": 0, "hits@3": 0, "hits@10": 0}}
+
+    report = Report([row("00-teacher", "teacher", 0.30), row("02-grade1-2L", "pmd", 0.305),
+                     row("02-grade1-2L-direct", "direct", 0.40), row("03-serving-2L", "query", 0.31)])
+    assert report.students_above_teacher() == ["03-serving-2L"]  # 103.3 %; 101.7 % is not above
+    assert report.to_dict()["students_above_teacher"] == ["03-serving-2L"]
+    assert "Above 102 % of the teacher: 03-serving-2L. A student that beats its teacher" in report.markdown()
 
 
 def test_control_gaps_carry_the_splits_sampling_interval(tiny_config, tmp_path):

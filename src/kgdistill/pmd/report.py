@@ -5,12 +5,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import control_parts
+from ..config import RunConfig, control_parts
 from ..errors import KGDistillError
 from ..evaluation.compare import compare
 from ..evaluation.ranking import EVALUATION_KEYS, evaluation_mismatch
 from ..runfolder import RunFolder
-from ..store.saved import load_run_config, read_run_files, resolve_model_dir
+from ..store.saved import chosen_checkpoint, load_run_config, read_run_files, resolve_model_dir, run_dir_of
 from ..results import Result, figure_png
 from ..training.distillation import stage_terms
 
@@ -63,10 +63,21 @@ def check_comparable(rows: list[dict]) -> None:
                                  f"re-evaluate it alike (kgdistill evaluate --split ...)")
 
 
-def teacher_status(run_dir: Path, window: float = 0.25, tolerance: float = 0.005) -> dict:
+def teacher_status(path: Path, window: float = 0.25, tolerance: float = 0.005) -> dict:
     """Whether the teacher finished learning, from its own valid-MRR curve (``train.valid_ranking``): converged when
-    valid MRR moved less than ``tolerance`` over the last ``window`` of its steps."""
-    log_path = Path(run_dir) / RunFolder.LOG
+    valid MRR moved less than ``tolerance`` over the last ``window`` of its steps; past its best when the model
+    scored (its last checkpoint) is ``tolerance`` or more below the curve's best, i.e. it overfits; early-stopped
+    when the model scored is its best valid checkpoint (``checkpoint-best``, or a run with ``eval.checkpoint=best``).
+    ``path`` is a run folder or one of its checkpoints."""
+    path = Path(path)
+    run_dir = run_dir_of(path)
+    if path.name == RunFolder.BEST:
+        checkpoint = "best"
+    elif path == run_dir:  # a run folder (or a bare model folder): the checkpoint its own metrics scored
+        checkpoint = chosen_checkpoint(run_dir, RunConfig())
+    else:
+        checkpoint = "last"
+    log_path = run_dir / RunFolder.LOG
     curve = []
     if log_path.is_file():
         for line in log_path.read_text(encoding="utf-8").splitlines():
@@ -74,19 +85,32 @@ def teacher_status(run_dir: Path, window: float = 0.25, tolerance: float = 0.005
             if "valid_mrr" in record:
                 curve.append((record["step"], record["valid_mrr"]))
     if len(curve) < 2:
-        return {"run_dir": str(run_dir), "status": "unknown (no valid-MRR curve: train with train.valid_ranking=true)"}
-    last_step = curve[-1][0]
+        return {"run_dir": str(path), "status": "unknown (no valid-MRR curve: train with train.valid_ranking=true)"}
+    last_step, last_mrr = curve[-1]
+    best_step, best_mrr = max(curve, key=lambda point: (point[1], -point[0]))  # the earliest of equal bests
     tail = [mrr for step, mrr in curve if step >= last_step * (1 - window)]
     moved = max(tail) - min(tail)
-    status = "converged" if moved < tolerance else "not converged"
-    return {"run_dir": str(run_dir), "status": status, "steps": last_step, "valid_mrr": curve[-1][1],
-            "valid_mrr_range_last_quarter": moved}
+    if checkpoint == "best":
+        status = "early-stopped"
+    elif best_mrr - last_mrr >= tolerance:
+        status = "past its best"
+    else:
+        status = "converged" if moved < tolerance else "not converged"
+    return {"run_dir": str(path), "status": status, "steps": last_step,
+            "valid_mrr": best_mrr if checkpoint == "best" else last_mrr, "valid_mrr_range_last_quarter": moved,
+            "best_valid_mrr": best_mrr, "best_step": best_step}
 
 
 def teacher_state(status: dict) -> str:
     """:func:`teacher_status` in words: whether the teacher converged, and how far its valid MRR moved."""
     if "valid_mrr_range_last_quarter" not in status:
         return status.get("status", "unknown")
+    best = f"{status['best_valid_mrr'] * 100:.2f} at step {status['best_step']}"
+    if status["status"] == "early-stopped":
+        return f"early-stopped: scored at its best valid MRR, {best} of its {status['steps']} steps"
+    if status["status"] == "past its best":
+        return (f"past its best: valid MRR {status['valid_mrr'] * 100:.2f} at its last step {status['steps']} against "
+                f"{best}; train it with eval.checkpoint=best to distil from its best")
     return (f"{status['status']}: valid MRR moved {status['valid_mrr_range_last_quarter'] * 100:.2f} over the last "
             f"quarter of its {status['steps']} steps")
 
@@ -114,7 +138,15 @@ class Report(Result):
 
     def to_dict(self) -> dict:
         """What ``report.json`` holds."""
-        return {"teacher": self.teacher, "rows": self.rows, "control_gaps": self.control_gaps()}
+        return {"teacher": self.teacher, "rows": self.rows, "control_gaps": self.control_gaps(),
+                "students_above_teacher": self.students_above_teacher()}
+
+    def students_above_teacher(self, ratio: float = 1.02) -> list[str]:
+        """The distilled students scoring above ``ratio`` times their teacher's MRR: the sign of a teacher that has
+        not finished learning (or is past its best), not of a good student (issue 18's 102 % rule)."""
+        reference = self.rows[0]["no_rerank"]["mrr"]
+        return [r["name"] for r in self.rows[1:]
+                if r.get("kind") in ("pmd", "query") and r["no_rerank"]["mrr"] > ratio * reference]
 
     def control_gaps(self) -> list[dict]:
         """Each distilled student's MRR minus its controls' (``distill.controls``), at equal compute or equal steps:
@@ -176,6 +208,11 @@ class Report(Result):
             at_best = ", at its best valid checkpoint" if gap.get("checkpoint") == "best valid" else ""
             lines.append(f"\n{gap['student']} against its {gap['kind']} control at equal {gap['equal']}{at_best} "
                          f"({gap['control']}): {gap['mrr_gap'] * 100:+.2f} MRR{sampling}; {verdict}.")
+        above = self.students_above_teacher()
+        if above:
+            lines.append(f"\nAbove 102 % of the teacher: {', '.join(above)}. A student that beats its teacher says the "
+                         f"teacher is unfinished or past its best: fix the teacher (train it longer, or early-stop it "
+                         f"with eval.checkpoint=best) before reading % of teacher.")
         return "\n".join(lines)
 
     def teacher_line(self) -> str:
