@@ -34,6 +34,9 @@ def test_teacher_status_reads_the_valid_curve(tmp_path):
     assert teacher_status(tmp_path)["status"] == "early-stopped"
     (tmp_path / "train_log.jsonl").write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
     assert teacher_status(tmp_path)["status"].startswith("unknown")
+    saved_earlier = {"run_dir": "t", "status": "converged", "steps": 80, "valid_mrr": 0.4,
+                     "valid_mrr_range_last_quarter": 0.001}  # a report.json written before best_* were kept
+    assert teacher_state(saved_earlier) == "converged: valid MRR moved 0.10 over the last quarter of its 80 steps"
 
 
 def test_report_refuses_rows_evaluated_differently(tiny_config, tmp_path):

@@ -105,10 +105,10 @@ def teacher_state(status: dict) -> str:
     """:func:`teacher_status` in words: whether the teacher converged, and how far its valid MRR moved."""
     if "valid_mrr_range_last_quarter" not in status:
         return status.get("status", "unknown")
-    best = f"{status['best_valid_mrr'] * 100:.2f} at step {status['best_step']}"
-    if status["status"] == "early-stopped":
-        return f"early-stopped: scored at its best valid MRR, {best} of its {status['steps']} steps"
-    if status["status"] == "past its best":
+    if status["status"] in ("early-stopped", "past its best"):  # reports saved before these had no best_* keys
+        best = f"{status['best_valid_mrr'] * 100:.2f} at step {status['best_step']}"
+        if status["status"] == "early-stopped":
+            return f"early-stopped: scored at its best valid MRR, {best} of its {status['steps']} steps"
         return (f"past its best: valid MRR {status['valid_mrr'] * 100:.2f} at its last step {status['steps']} against "
                 f"{best}; train it with eval.checkpoint=best to distil from its best")
     return (f"{status['status']}: valid MRR moved {status['valid_mrr_range_last_quarter'] * 100:.2f} over the last "
