@@ -66,15 +66,17 @@ def test_report_rows_as_a_dataframe():
     assert frame["no_rerank.mrr"].tolist() == [0.5, 0.4]
 
 
+def _row(name, kind, mrr):
+    """A report row with what ``Report.markdown`` reads, at the given MRR."""
+    return {"name": name, "kind": kind, "layers": 2, "entity_layers": 2, "parameters": 1e6,
+            "non_embedding_parameters": 1e5, "size_mb": 1, "entities_per_s": None,
+            "no_rerank": {"mrr": mrr, "hits@1": 0, "hits@3": 0, "hits@10": 0}}
+
+
 def test_report_states_each_students_gap_to_its_controls():
     """A student that loses to plain fine-tuning of its layers says so under the table (BENCHMARKS.md 7k)."""
-    def row(name, kind, mrr):
-        return {"name": name, "kind": kind, "layers": 2, "entity_layers": 2, "parameters": 1e6,
-                "non_embedding_parameters": 1e5, "size_mb": 1, "entities_per_s": None,
-                "no_rerank": {"mrr": mrr, "hits@1": 0, "hits@3": 0, "hits@10": 0}}
-
-    report = Report([row("00-teacher", "teacher", 0.25), row("02-grade1-2L", "pmd", 0.24),
-                     row("02-grade1-2L-direct", "direct", 0.31), row("02-grade1-2L-direct-steps", "direct", 0.22)])
+    report = Report([_row("00-teacher", "teacher", 0.25), _row("02-grade1-2L", "pmd", 0.24),
+                     _row("02-grade1-2L-direct", "direct", 0.31), _row("02-grade1-2L-direct-steps", "direct", 0.22)])
     gaps = {g["control"]: g for g in report.to_dict()["control_gaps"]}
     assert gaps["02-grade1-2L-direct"]["equal"] == "compute"
     assert gaps["02-grade1-2L-direct"]["mrr_gap"] == pytest.approx(-0.07)
@@ -88,13 +90,8 @@ def test_report_states_each_students_gap_to_its_controls():
 
 def test_report_names_students_above_102_percent_of_their_teacher():
     """Issue 18: a student above 102 % of its teacher says the teacher is unfinished; controls are not students."""
-    def row(name, kind, mrr):
-        return {"name": name, "kind": kind, "layers": 2, "entity_layers": 2, "parameters": 1e6,
-                "non_embedding_parameters": 1e5, "size_mb": 1, "entities_per_s": None,
-                "no_rerank": {"mrr": mrr, "hits@1": 0, "hits@3": 0, "hits@10": 0}}
-
-    report = Report([row("00-teacher", "teacher", 0.30), row("02-grade1-2L", "pmd", 0.305),
-                     row("02-grade1-2L-direct", "direct", 0.40), row("03-serving-2L", "query", 0.31)])
+    report = Report([_row("00-teacher", "teacher", 0.30), _row("02-grade1-2L", "pmd", 0.305),
+                     _row("02-grade1-2L-direct", "direct", 0.40), _row("03-serving-2L", "query", 0.31)])
     assert report.students_above_teacher() == ["03-serving-2L"]  # 103.3 %; 101.7 % is not above
     assert report.to_dict()["students_above_teacher"] == ["03-serving-2L"]
     assert "Above 102 % of the teacher: 03-serving-2L. A student that beats its teacher" in report.markdown()
