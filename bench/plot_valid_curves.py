@@ -6,6 +6,7 @@ validation MRR levels off, and where the last quarter of its steps lies.
 
 ``--compute`` puts the runs on one axis of compute instead of steps: each pipeline stage's steps times its cost in
 teacher steps (``stage.json``; a teacher's step costs 1), so students and controls of equal compute end together.
+``--include OLD.json`` adds the curves an earlier ``--compute`` figure saved beside it (runs whose folders are gone).
 """
 from __future__ import annotations
 
@@ -36,14 +37,22 @@ def label(run_dir: str) -> str:
     return f"{path.parent.name}/{path.name}" if (path / "stage.json").is_file() else path.name
 
 
-def main(out: str, runs: list[str], compute: bool = False) -> None:
+def main(out: str, runs: list[str], compute: bool = False, include: str | None = None) -> None:
+    saved = {}
+    if include:
+        if not compute:
+            raise SystemExit("--include needs --compute: it reads a --compute figure's data")
+        saved = {name: (entry["cost_per_step"], [tuple(point) for point in entry["curve"]])
+                 for name, entry in json.loads(Path(include).read_text(encoding="utf-8")).items()}
+    series = dict(saved)
+    series.update({label(run): (step_cost(run), curve(run)) for run in runs})
     fig, ax = plt.subplots(figsize=(8, 4.5) if compute else (7, 4))
-    if len(runs) > 10:  # matplotlib's default cycle repeats after ten colours
+    if len(series) > 10:  # matplotlib's default cycle repeats after ten colours
         ax.set_prop_cycle(color=plt.cm.tab20.colors)
-    for run in runs:
-        scale = step_cost(run) if compute else 1.0
-        points = [(step * scale, mrr) for step, mrr in curve(run)]
-        ax.plot([s for s, _ in points], [m for _, m in points], "o-", markersize=3, label=label(run))
+    for name, (cost, steps) in series.items():
+        scale = cost if compute else 1.0
+        points = [(step * scale, mrr) for step, mrr in steps]
+        ax.plot([s for s, _ in points], [m for _, m in points], "o-", markersize=3, label=name)
         if points and not compute:
             last = points[-1][0]
             ax.axvspan(0.75 * last, last, color="grey", alpha=0.08)
@@ -56,8 +65,8 @@ def main(out: str, runs: list[str], compute: bool = False) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     with open(Path(out).with_suffix(".json"), "w", encoding="utf-8") as handle:
-        json.dump({run: {"cost_per_step": step_cost(run), "curve": curve(run)} if compute else curve(run)
-                   for run in runs}, handle, indent=1)
+        json.dump({name: {"cost_per_step": cost, "curve": steps} if compute else steps
+                   for name, (cost, steps) in series.items()}, handle, indent=1)
 
 
 if __name__ == "__main__":
@@ -65,5 +74,6 @@ if __name__ == "__main__":
     parser.add_argument("out", help="the figure (.png); its data goes beside it as .json")
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--compute", action="store_true", help="x axis: compute in teacher steps, not steps")
+    parser.add_argument("--include", help="also plot the curves an earlier --compute figure saved (its .json)")
     args = parser.parse_args()
-    main(args.out, args.runs, args.compute)
+    main(args.out, args.runs, args.compute, args.include)
