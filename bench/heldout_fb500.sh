@@ -6,7 +6,8 @@
 # student with its strongest same-init control (direct-best: equal compute, scored at its best valid checkpoint) and
 # the query-only 2-layer student. Everything is scored on valid; each finished model once on test, into its test/.
 # Resumable: after a kill, run it again; finished runs are skipped and an interrupted one resumes from its last
-# checkpoint. Time on 2 AMD EPYC cores (avx512_bf16): teacher 49 min, each student or control 45-50 min.
+# checkpoint. Time on 2 AMD EPYC cores (avx512_bf16; BENCHMARKS.md §7aa): teacher 44 min of training, each
+# student or control 41-47 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seed=${1:-42}

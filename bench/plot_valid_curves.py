@@ -38,13 +38,12 @@ def label(run_dir: str) -> str:
 
 
 def main(out: str, runs: list[str], compute: bool = False, include: str | None = None) -> None:
-    saved = {}
+    series = {}  # label -> (one step's cost in teacher steps, [(step, valid MRR %)])
     if include:
         if not compute:
             raise SystemExit("--include needs --compute: it reads a --compute figure's data")
-        saved = {name: (entry["cost_per_step"], [tuple(point) for point in entry["curve"]])
-                 for name, entry in json.loads(Path(include).read_text(encoding="utf-8")).items()}
-    series = dict(saved)
+        series = {name: (entry["cost_per_step"], [tuple(point) for point in entry["curve"]])
+                  for name, entry in json.loads(Path(include).read_text(encoding="utf-8")).items()}
     series.update({label(run): (step_cost(run), curve(run)) for run in runs})
     fig, ax = plt.subplots(figsize=(8, 4.5) if compute else (7, 4))
     if len(series) > 10:  # matplotlib's default cycle repeats after ten colours
