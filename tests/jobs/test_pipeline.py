@@ -80,6 +80,12 @@ def test_a_best_control_is_early_stopped_on_valid_and_evaluate_scores_the_same_c
     assert in_run == again == best
     last = evaluate(control, explicit, output=tmp_path / "l", progress=False).to_dict()["no_rerank"]["both"]
     assert last != best  # at this seed the best valid checkpoint is not the last one: the choice is seen
+    # a checkpoint folder evaluated in place keeps its metrics: the run's own (of checkpoint-best) are not replaced
+    run_metrics = (control / "metrics.json").read_bytes()
+    evaluate(control / "checkpoint-last", progress=False)
+    assert (control / "metrics.json").read_bytes() == run_metrics
+    in_last = json.loads((control / "checkpoint-last/metrics.json").read_text())["no_rerank"]["both"]
+    assert in_last == last
 
 
 def test_pipeline_serving_grade_keeps_the_teachers_entity_encoder(tiny_config, tmp_path):

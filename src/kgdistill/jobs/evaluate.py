@@ -9,7 +9,7 @@ from ..evaluation.ranking import EvaluationResult
 from ..models.biencoder import BiEncoder
 from ..runtime import pick_device
 from ..store.context import DataContext
-from ..store.saved import chosen_checkpoint, load_model, model_config, run_dir_of
+from ..store.saved import chosen_checkpoint, load_model, model_config
 from ..runfolder import RunFolder
 
 
@@ -26,8 +26,9 @@ def evaluate_in_run(run_dir: Path, data: DataContext, model: BiEncoder, config: 
 
 def evaluate(model_path: str | Path, config: RunConfig | None = None, output: str | Path | None = None,
              progress: bool = True) -> EvaluationResult:
-    """Filtered ranking of a saved model on ``eval.split`` (default test); writes ``metrics.json`` beside the run (or
-    into ``output``).
+    """Filtered ranking of a saved model on ``eval.split`` (default test); writes ``metrics.json`` into the folder
+    given (a run folder, or one of its checkpoint folders, whose metrics then leave the run's own untouched) or into
+    ``output``.
 
     ``config`` (default: the defaults) supplies the evaluation, device and precision settings; the model's own
     dataset and text settings apply unless the config's ``data.dataset`` was set by the user, and a run folder is
@@ -41,5 +42,5 @@ def evaluate(model_path: str | Path, config: RunConfig | None = None, output: st
     data = DataContext(job, tokenizer)
     device = pick_device(job.train.device)
     result = data.evaluator(device).evaluate(model.to(device), progress=progress)
-    result.save(Path(output) if output else run_dir_of(folder))
+    result.save(Path(output) if output else Path(model_path))
     return result
