@@ -218,7 +218,7 @@ def add_commands(sub) -> None:
     _config_args(p, training=False)
     p.add_argument("--model", required=True, help="run folder or model folder")
     p.add_argument("--split", choices=["train", "valid", "test"], help="eval.split (default test)")
-    p.add_argument("--output", help="folder for metrics.json (default: the run folder)")
+    p.add_argument("--output", help="folder for metrics.json (default: the --model folder, a run or a checkpoint)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_evaluate)
 
