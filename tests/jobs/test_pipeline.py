@@ -75,8 +75,10 @@ def test_a_best_control_is_early_stopped_on_valid_and_evaluate_scores_the_same_c
     explicit.mark_explicit({"eval.checkpoint"})
     assert chosen_checkpoint(control, explicit) == "last"
     in_run = json.loads((control / "metrics.json").read_text())["no_rerank"]["both"]
-    again = evaluate(control, output=tmp_path / "e", progress=False).to_dict()["no_rerank"]["both"]
-    best = evaluate(control / "checkpoint-best", output=tmp_path / "b", progress=False).to_dict()["no_rerank"]["both"]
+    # the run's own precision (fp32), not the machine's default (bf16 autocast where the CPU has it)
+    again = evaluate(control, config, output=tmp_path / "e", progress=False).to_dict()["no_rerank"]["both"]
+    best = evaluate(control / "checkpoint-best", config, output=tmp_path / "b", progress=False)
+    best = best.to_dict()["no_rerank"]["both"]
     assert in_run == again == best
     last = evaluate(control, explicit, output=tmp_path / "l", progress=False).to_dict()["no_rerank"]["both"]
     assert last != best  # at this seed the best valid checkpoint is not the last one: the choice is seen
@@ -86,6 +88,31 @@ def test_a_best_control_is_early_stopped_on_valid_and_evaluate_scores_the_same_c
     assert (control / "metrics.json").read_bytes() == run_metrics
     in_last = json.loads((control / "checkpoint-last/metrics.json").read_text())["no_rerank"]["both"]
     assert in_last == last
+
+
+def test_early_stopped_students_are_scored_and_teach_at_their_best_checkpoint(tiny_config, tmp_path):
+    """With ``eval.checkpoint=best`` every grade is scored at its best valid checkpoint, and the grade below learns
+    from that checkpoint, not from the last one."""
+    from kgdistill.jobs.evaluate import evaluate
+    from kgdistill.jobs.pipeline import pipeline
+    from kgdistill.store.saved import load_model
+
+    config = tiny_config(train__max_steps=3, train__validate_every=1, train__checkpoint_every=1,
+                         train__valid_ranking=True, eval__checkpoint="best", train__lr=5e-2, distill__stage_steps=4,
+                         distill__pre_distill=False, model__init_from="teacher",
+                         distill__grades=[{"layers": 3, "mask_rate": 0.0}, {"layers": 2, "mask_rate": 0.0}])
+    pipeline(config, tmp_path / "p", progress=False)
+    upper = tmp_path / "p/02-grade1-3L"
+    best, _, _ = load_model(upper, "best")
+    last, _, _ = load_model(upper, "last")
+    # the two checkpoints differ at this seed, so what the grade below learned from shows
+    assert float(best.log_inv_t.detach()) != pytest.approx(float(last.log_inv_t.detach()))
+    in_run = json.loads((upper / "metrics.json").read_text())["no_rerank"]["both"]
+    at_best = evaluate(upper / "checkpoint-best", config, output=tmp_path / "b", progress=False).to_dict()
+    at_last = evaluate(upper / "checkpoint-last", config, output=tmp_path / "l", progress=False).to_dict()
+    assert in_run == at_best["no_rerank"]["both"] != at_last["no_rerank"]["both"]
+    lower, _, _ = load_model(tmp_path / "p/03-grade2-2L")
+    assert lower.info["teacher"] == str(upper / "checkpoint-best")
 
 
 def test_pipeline_serving_grade_keeps_the_teachers_entity_encoder(tiny_config, tmp_path):
