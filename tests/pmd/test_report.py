@@ -86,6 +86,9 @@ def test_report_states_each_students_gap_to_its_controls():
     assert "direct control at equal compute (02-grade1-2L-direct): -7.00 MRR; the control is ahead" in text
     assert "at equal steps (02-grade1-2L-direct-steps): +2.00 MRR; the student is ahead" in text
     assert report.students_above_teacher() == [] and "Above 102 %" not in text
+    # the equal-compute control at 124 % of the teacher says the teacher is unfinished, though no student does
+    assert report.controls_above_teacher() == ["02-grade1-2L-direct"]
+    assert "Controls above 102 % of the teacher without it: 02-grade1-2L-direct. Its own layers" in text
 
 
 def test_report_names_students_above_102_percent_of_their_teacher():
@@ -95,6 +98,9 @@ def test_report_names_students_above_102_percent_of_their_teacher():
     assert report.students_above_teacher() == ["03-serving-2L"]  # 103.3 %; 101.7 % is not above
     assert report.to_dict()["students_above_teacher"] == ["03-serving-2L"]
     assert "Above 102 % of the teacher: 03-serving-2L. A student that beats its teacher" in report.markdown()
+    assert report.to_dict()["controls_above_teacher"] == ["02-grade1-2L-direct"]  # 133 %
+    quiet = Report([_row("00-teacher", "teacher", 0.30), _row("02-grade1-2L-direct", "direct", 0.305)])
+    assert quiet.controls_above_teacher() == [] and "Controls above" not in quiet.markdown()  # 101.7 %
 
 
 def test_control_gaps_carry_the_splits_sampling_interval(tiny_config, tmp_path):

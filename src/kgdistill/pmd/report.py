@@ -143,14 +143,23 @@ class Report(Result):
     def to_dict(self) -> dict:
         """What ``report.json`` holds."""
         return {"teacher": self.teacher, "rows": self.rows, "control_gaps": self.control_gaps(),
-                "students_above_teacher": self.students_above_teacher()}
+                "students_above_teacher": self.students_above_teacher(),
+                "controls_above_teacher": self.controls_above_teacher()}
 
     def students_above_teacher(self, ratio: float = ABOVE_TEACHER) -> list[str]:
         """The distilled students scoring above ``ratio`` times their teacher's MRR: the sign of a teacher that has
         not finished learning (or is past its best), not of a good student (issue 18's 102 % rule)."""
+        return self._above_teacher(("pmd", "query"), ratio)
+
+    def controls_above_teacher(self, ratio: float = ABOVE_TEACHER) -> list[str]:
+        """The controls (trained without the teacher) scoring above ``ratio`` times its MRR: the same sign, shown
+        even when every student stays under the teacher by inheriting its decline (BENCHMARKS.md §7aa)."""
+        return self._above_teacher(("direct", "plm"), ratio)
+
+    def _above_teacher(self, kinds: tuple[str, ...], ratio: float) -> list[str]:
         reference = self.rows[0]["no_rerank"]["mrr"]
         return [r["name"] for r in self.rows[1:]
-                if r.get("kind") in ("pmd", "query") and r["no_rerank"]["mrr"] > ratio * reference]
+                if r.get("kind") in kinds and r["no_rerank"]["mrr"] > ratio * reference]
 
     def control_gaps(self) -> list[dict]:
         """Each distilled student's MRR minus its controls' (``distill.controls``), at equal compute or equal steps:
@@ -217,6 +226,13 @@ class Report(Result):
             lines.append(f"\nAbove {ABOVE_TEACHER * 100:.0f} % of the teacher: {', '.join(above)}. A student that "
                          f"beats its teacher says the teacher is unfinished or past its best: fix the teacher "
                          f"(train it longer, or early-stop it with eval.checkpoint=best) before reading % of teacher.")
+        controls = self.controls_above_teacher()
+        if controls:
+            lines.append(f"\nControls above {ABOVE_TEACHER * 100:.0f} % of the teacher without it: "
+                         f"{', '.join(controls)}. "
+                         f"Its own layers trained without it beat it, so the teacher is unfinished or past its best: "
+                         f"read % of teacher from a finished teacher (train it longer, or early-stop it with "
+                         f"eval.checkpoint=best).")
         return "\n".join(lines)
 
     def teacher_line(self) -> str:
