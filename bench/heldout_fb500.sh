@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 18's held-out check on its stand-in (BENCHMARKS.md §7aa), one student seed a call:
-#   bash bench/heldout_fb500.sh [SEED [ROOT]]        # default seed 42, ROOT runs/fb500
+#   bash bench/heldout_fb500.sh [SEED [ROOT [GRAPH_SEED]]]   # default seed 42, ROOT runs/fb500, GRAPH_SEED 0
+# GRAPH_SEED picks another 500-entity subgraph (seed 1: runs/fb500g1, a fresh stand-in; BENCHMARKS.md §7aa).
 # Builds the 500-entity FB15k-237 subgraph, trains the `quick` teacher at 3x its steps (seed 42 whatever SEED is:
 # every student seed learns from the same teacher), then from its final checkpoint the default pipeline's 2-layer
 # student with its strongest same-init control (direct-best: equal compute, scored at its best valid checkpoint) and
@@ -12,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seed=${1:-42}
 root=${2:-runs/fb500}
+graph_seed=${3:-0}
 data=$root/data teacher=$root/teacher-540
 
 test_once() {  # the one test evaluation of a finished model, beside its valid metrics
@@ -19,7 +21,7 @@ test_once() {  # the one test evaluation of a finished model, beside its valid m
 }
 
 [ -f "$data/PROVENANCE.json" ] || \
-    kgdistill subgraph fb15k-237 --entities 500 --seed 0 --max-expand 4 --heldout 500 --output "$data"
+    kgdistill subgraph fb15k-237 --entities 500 --seed "$graph_seed" --max-expand 4 --heldout 500 --output "$data"
 if [ ! -f "$teacher/metrics.json" ]; then
     resume=()
     [ -e "$teacher/checkpoint-last" ] && resume=(--resume)
