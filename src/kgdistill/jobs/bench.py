@@ -148,7 +148,7 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
     quartiles of each round's own ratio (stage step / teacher step); ``totals``: each variant's distillation stages
     (controls left out), planned steps times measured step, against the teacher's steps times its step.
     ``progress``: a bar over the rounds."""
-    from ..pmd.plan import plan, stage_run_config
+    from ..pmd.plan import STUDENT_KINDS, plan, stage_run_config
     from ..store.saved import load_run_config
     from .distill import student_trainer
     from .pipeline import plan_inputs
@@ -166,7 +166,7 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
             config = build_config(preset, overrides=parse_overrides([f"distill.teacher={teacher}", *overrides]))
             depth, lengths = plan_inputs(config)
             planned = plan(config, depth, teacher_steps, lengths)
-            chosen = planned[1:] if all_stages else [next(s for s in planned if s.kind in ("pmd", "query"))]
+            chosen = planned[1:] if all_stages else [next(s for s in planned if s.kind in STUDENT_KINDS)]
             folders, teaching = {planned[0].name: teacher}, {s.teacher for s in chosen}
             for stage in chosen:
                 key = f"{name}/{stage.name}" if all_stages else name
@@ -200,7 +200,7 @@ def stage_costs(teacher: str | Path, variants: dict[str, list[str]], rounds: int
                      "wall_s": stage.steps * step_s, "round_ratio_quartiles": paired,
                      "measured_cost_interval": cost_interval(times[name], times["teacher"])})
     totals = {name: sum(r["wall_s"] for r in rows[1:] if variant_of[r["name"]] == name and r["kind"] in
-                        ("pmd", "query")) / rows[0]["wall_s"] for name in variants}
+                        STUDENT_KINDS) / rows[0]["wall_s"] for name in variants}
     return {"machine": machine_info(), "teacher": str(teacher), "rounds": rounds, "warmup": warmup,
             "variants": variants, "rows": rows, "totals": totals, "times": times}
 

@@ -78,6 +78,10 @@ def step_cost(student_layers: int, teacher_layers: int, base_layers: int, query_
         passes += transfer * (3 * student_layers + teacher_layers) * lengths.transfer
     return passes / (3 * base_layers * sample)
 
+# Stage kinds: the students distilled from a teacher, and the controls trained without one (the same layers).
+STUDENT_KINDS = ("pmd", "query")
+CONTROL_KINDS = ("direct", "plm")
+
 
 @dataclass
 class Stage:

@@ -13,10 +13,13 @@ from ..runfolder import RunFolder
 from ..store.saved import chosen_checkpoint, load_run_config, read_run_files, resolve_model_dir, run_dir_of
 from ..results import Result, figure_png
 from ..training.distillation import stage_terms
+from .plan import CONTROL_KINDS, STUDENT_KINDS
 
 
 # A student above this share of its teacher's MRR points at an unfinished (or overfitted) teacher (issue 18).
 ABOVE_TEACHER = 1.02
+# What the report tells a user whose teacher is unfinished or past its best.
+FIX_TEACHER = "train it longer, or early-stop it with eval.checkpoint=best"
 
 
 def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
@@ -44,7 +47,7 @@ def _row(name: str, run_dir: Path, kind: str = "pmd") -> dict:
 def objective_of(run_dir: Path, kind: str) -> str:
     """What a row was trained with, by name: the teacher's and the controls' InfoNCE, or a student's weighted
     distillation terms (so a student without MGFD is not taken for PMD's full objective)."""
-    if kind in ("teacher", "direct", "plm"):
+    if kind == "teacher" or kind in CONTROL_KINDS:
         return "ce"
     config = load_run_config(resolve_model_dir(run_dir))
     if config is None:
@@ -149,12 +152,12 @@ class Report(Result):
     def students_above_teacher(self, ratio: float = ABOVE_TEACHER) -> list[str]:
         """The distilled students scoring above ``ratio`` times their teacher's MRR: the sign of a teacher that has
         not finished learning (or is past its best), not of a good student (issue 18's 102 % rule)."""
-        return self._above_teacher(("pmd", "query"), ratio)
+        return self._above_teacher(STUDENT_KINDS, ratio)
 
     def controls_above_teacher(self, ratio: float = ABOVE_TEACHER) -> list[str]:
         """The controls (trained without the teacher) scoring above ``ratio`` times its MRR: the same sign, shown
         even when every student stays under the teacher by inheriting its decline (BENCHMARKS.md §7aa)."""
-        return self._above_teacher(("direct", "plm"), ratio)
+        return self._above_teacher(CONTROL_KINDS, ratio)
 
     def _above_teacher(self, kinds: tuple[str, ...], ratio: float) -> list[str]:
         reference = self.rows[0]["no_rerank"]["mrr"]
@@ -171,7 +174,7 @@ class Report(Result):
     def _compute_gaps(self) -> list[dict]:
         students = [r for r in self.rows if r.get("kind") == "pmd"]
         gaps = []
-        for control in (r for r in self.rows if r.get("kind") in ("direct", "plm")):
+        for control in (r for r in self.rows if r.get("kind") in CONTROL_KINDS):
             student = next((s for s in students if control["name"].startswith(s["name"] + "-")), None)
             if student is not None:
                 variant = control_parts(control["name"][len(student["name"]) + 1:])[1]
@@ -225,14 +228,13 @@ class Report(Result):
         if above:
             lines.append(f"\nAbove {ABOVE_TEACHER * 100:.0f} % of the teacher: {', '.join(above)}. A student that "
                          f"beats its teacher says the teacher is unfinished or past its best: fix the teacher "
-                         f"(train it longer, or early-stop it with eval.checkpoint=best) before reading % of teacher.")
+                         f"({FIX_TEACHER}) before reading % of teacher.")
         controls = self.controls_above_teacher()
         if controls:
             lines.append(f"\nControls above {ABOVE_TEACHER * 100:.0f} % of the teacher without it: "
                          f"{', '.join(controls)}. "
                          f"Its own layers trained without it beat it, so the teacher is unfinished or past its best: "
-                         f"read % of teacher from a finished teacher (train it longer, or early-stop it with "
-                         f"eval.checkpoint=best).")
+                         f"read % of teacher from a finished teacher ({FIX_TEACHER}).")
         return "\n".join(lines)
 
     def teacher_line(self) -> str:
