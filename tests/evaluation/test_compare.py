@@ -117,6 +117,42 @@ def test_evaluate_saves_ranks_and_compare_runs_from_the_command_line(run_dir, tm
                       ["evaluated with split 'test'"])
 
 
+def test_evaluate_scores_at_the_runs_own_precision_unless_one_is_given(run_dir, tmp_path, cache_dir):
+    """A saved run is re-scored at the precision it was trained and evaluated at, whatever ``auto`` resolves to on
+    this machine; ``train.precision=...`` wins; metrics.json records the precision used, and compare refuses
+    evaluations at different precisions (the tiny run is fp32; its copy is relabelled bf16 so that one of the two
+    differs from ``auto`` on any CPU)."""
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "bf16-run"
+    shutil.copytree(run_dir, copy)
+    saved = yaml.safe_load((copy / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["train"]["precision"] == "fp32"
+    saved["train"]["precision"] = "bf16"
+    (copy / "config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    runs = {"fp32": (run_dir, []), "bf16": (copy, []), "given": (run_dir, ["train.precision=bf16"])}
+    recorded = {}
+    for name, (model, overrides) in runs.items():
+        assert main(["evaluate", "--model", str(model), "--split", "valid", "--output", str(tmp_path / name),
+                     *overrides]) == 0
+        recorded[name] = json.loads((tmp_path / name / "metrics.json").read_text())["precision"]
+    assert recorded == {"fp32": "fp32", "bf16": "bf16", "given": "bf16"}
+    with pytest.raises(KGDistillError, match="evaluated with precision 'bf16'"):
+        compare(tmp_path / "fp32", tmp_path / "bf16", resamples=10)
+
+
+def test_precision_is_compared_only_where_both_evaluations_record_it():
+    from kgdistill.evaluation.ranking import evaluation_mismatch
+
+    base = {"split": "valid", "num_triples": 5, "dataset_fingerprint": "f00d"}
+    assert evaluation_mismatch({**base, "precision": "fp32"}, {**base, "precision": "bf16"}) == "precision"
+    assert evaluation_mismatch({**base, "precision": "fp32"}, base) is None  # written before precision was recorded
+    assert evaluation_mismatch(base, {**base, "split": "test", "precision": "bf16"}) == "split"
+    assert evaluation_mismatch({**base, "precision": "bf16"}, {**base, "precision": "bf16"}) is None
+
+
 def test_several_seeds_a_side_average_their_runs_and_widen_the_interval(tmp_path):
     """Per side, the point estimate is the mean over its runs; drawing the runs as well as the triples puts the seeds'
     spread into the interval: runs of MRR 1 and 1/3 against 1/2 span -1/6 to +1/2, however many triples agree."""

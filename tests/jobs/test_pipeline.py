@@ -234,4 +234,9 @@ def test_a_teacher_not_evaluated_on_the_pipelines_split_is_refused_before_any_tr
         assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
     evaluate(tmp_path / "teacher", config, progress=False)  # on valid, into the run folder: now accepted
     config.distill.teacher = str(tmp_path / "teacher")
+    config.train.precision = "bf16"  # the teacher was evaluated at fp32, its own precision
+    with pytest.raises(ConfigError, match="at precision 'fp32' but this pipeline evaluates at 'bf16'") as error:
+        pipeline(config, tmp_path / "p", progress=False)
+    assert "train.precision=bf16" in str(error.value) and not any((tmp_path / "p").iterdir())
+    config.train.precision = "fp32"
     assert [r["evaluation"]["split"] for r in pipeline(config, tmp_path / "p", progress=False).rows] == ["valid"] * 2

@@ -51,7 +51,14 @@ def test_report_refuses_rows_evaluated_differently(tiny_config, tmp_path):
     report = pipeline(config, tmp_path / "p", progress=False)
     assert report.teacher["run_dir"].endswith("00-teacher") and "% of teacher: of" in report.markdown()
     stages = [("00-teacher", tmp_path / "p/00-teacher", "teacher"), ("02-grade1-2L", tmp_path / "p/02-grade1-2L")]
-    build_report(stages)  # alike: accepted
+    assert "every row evaluated alike on test at fp32." in build_report(stages).markdown()  # alike: accepted
+    student = tmp_path / "p/02-grade1-2L/metrics.json"
+    metrics = json.loads(student.read_text())
+    student.write_text(json.dumps({**metrics, "precision": "bf16"}))
+    with pytest.raises(KGDistillError, match="02-grade1-2L.*precision 'bf16'.*'fp32'"):
+        build_report(stages)
+    student.write_text(json.dumps({key: value for key, value in metrics.items() if key != "precision"}))
+    build_report(stages)  # written before the precision was recorded: not compared on it
     evaluate(tmp_path / "p/02-grade1-2L", build_config(None, eval={"split": "valid"}), progress=False)  # the student's metrics.json now on valid
     with pytest.raises(KGDistillError, match="02-grade1-2L.*split 'valid'.*'test'"):
         build_report(stages)

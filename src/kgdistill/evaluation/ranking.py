@@ -21,20 +21,24 @@ from ..data.batching import ExampleSet, KnownTails, TokenStore, Tokenized, entit
 from ..data.dataset import SPLITS, KnowledgeGraph
 from ..data.text import TextBuilder, with_inverses
 from ..results import Result
-from ..runtime import autocast
+from ..runtime import autocast, resolve_precision
 from .metrics import rank_metrics
 from .ranks import NeighborhoodReranker, known_answer_pairs, rank_in_memory
 from .streaming import EntityShards, rank_streaming, write_entity_shards
 
 METRIC_KEYS = ("mr", "mrr", "hits@1", "hits@3", "hits@10")
-# What makes two evaluations comparable: the same split and triples, candidates, filter, tie policy and re-ranking.
+# What makes two evaluations comparable: the same split and triples, candidates, filter, tie policy, re-ranking and
+# encoding precision (bf16 and fp32 vectors rank a few queries differently).
 EVALUATION_KEYS = ("split", "num_triples", "num_entities", "filter", "tie_policy", "rerank_config",
-                   "dataset_fingerprint")
+                   "dataset_fingerprint", "precision")
+# Absent from metrics.json files written before the precision was recorded: compared only where both record it.
+LATER_KEYS = ("precision",)
 
 
 def evaluation_mismatch(reference: dict, other: dict) -> str | None:
     """The first of :data:`EVALUATION_KEYS` on which two evaluations (``metrics.json`` contents) differ, else None."""
-    return next((key for key in EVALUATION_KEYS if other.get(key) != reference.get(key)), None)
+    return next((key for key in EVALUATION_KEYS if other.get(key) != reference.get(key)
+                 and not (key in LATER_KEYS and None in (other.get(key), reference.get(key)))), None)
 
 
 @torch.no_grad()
@@ -217,7 +221,8 @@ class Evaluator:
         n = len(triples)
         metrics = {"split": split, "num_triples": int(n), "num_entities": self.kg.num_entities,
                    "tie_policy": self.config.tie_policy, "filter": "train+valid+test",
-                   "dataset_fingerprint": self.kg.fingerprint}
+                   "dataset_fingerprint": self.kg.fingerprint,
+                   "precision": resolve_precision(self.precision, self.device)}
         for name in variants:
             r = ranks[name]
             metrics[name] = {"forward": rank_metrics(r[:n]), "backward": rank_metrics(r[n:])}

@@ -30,15 +30,17 @@ def evaluate(model_path: str | Path, config: RunConfig | None = None, output: st
     given (a run folder, or one of its checkpoint folders, whose metrics then leave the run's own untouched) or into
     ``output``.
 
-    ``config`` (default: the defaults) supplies the evaluation, device and precision settings; the model's own
-    dataset and text settings apply unless the config's ``data.dataset`` was set by the user, and a run folder is
-    scored at the checkpoint it was evaluated at when trained unless ``eval.checkpoint`` was
-    (:func:`~kgdistill.store.saved.chosen_checkpoint`)."""
+    ``config`` (default: the defaults) supplies the evaluation and device settings; the model's own dataset, text
+    settings and precision apply unless the config's ``data.dataset`` or ``train.precision`` was set by the user (so
+    a run trained at fp32 is not re-scored in bf16 behind its back), and a run folder is scored at the checkpoint it
+    was evaluated at when trained unless ``eval.checkpoint`` was (:func:`~kgdistill.store.saved.chosen_checkpoint`)."""
     config = copy.deepcopy(config or RunConfig())
     config.eval.checkpoint = chosen_checkpoint(model_path, config)
     model, tokenizer, folder = load_model(model_path, config.eval.checkpoint)
     job = model_config(folder, config.data.dataset if "data.dataset" in config.explicit else None)
-    job.eval, job.train.device, job.train.precision = config.eval, config.train.device, config.train.precision
+    job.eval, job.train.device = config.eval, config.train.device
+    if "train.precision" in config.explicit:
+        job.train.precision = config.train.precision
     data = DataContext(job, tokenizer)
     device = pick_device(job.train.device)
     result = data.evaluator(device).evaluate(model.to(device), progress=progress)

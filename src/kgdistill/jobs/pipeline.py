@@ -15,6 +15,7 @@ from ..models.plm import load_encoder, load_tokenizer, resolve_plm
 from ..pmd.plan import SequenceLengths, Stage, plan, sequence_lengths, stage_run_config
 from ..pmd.report import Report, build_report
 from ..runfolder import RunFolder
+from ..runtime import pick_device, resolve_precision
 from ..store.model_card import write_model_card
 from ..io import read_json_object
 from ..store.context import DataContext
@@ -50,15 +51,22 @@ class _StageEstimate(Callback):
                  "stage's rate)", stage.name, seconds / done, remaining / 60)
 
 
-def check_teacher_evaluated(teacher: str | Path, split: str) -> None:
-    """A reused teacher must carry an evaluation on the pipeline's split: the report compares every row with it, and
-    would be refused only after every stage had trained."""
-    evaluated = read_json_object(Path(teacher) / RunFolder.METRICS).get("split")
+def check_teacher_evaluated(teacher: str | Path, config: RunConfig) -> None:
+    """A reused teacher must carry an evaluation on the pipeline's split, at the precision its stages will be
+    evaluated at: the report compares every row with it, and would be refused only after every stage had trained."""
+    metrics = read_json_object(Path(teacher) / RunFolder.METRICS)
+    split, evaluated = config.eval.split, metrics.get("split")
     if evaluated != split:
         found = f"was evaluated on {evaluated!r}" if evaluated else "has no metrics.json"
         raise ConfigError(f"teacher {teacher} {found} but this pipeline evaluates on {split!r} (eval.split): "
                           f"evaluate it first (kgdistill evaluate --model {teacher} --split {split})"
                           f"{f' or set eval.split={evaluated}' if evaluated else ''}")
+    precision = resolve_precision(config.train.precision, pick_device(config.train.device))
+    if metrics.get("precision", precision) != precision:
+        raise ConfigError(f"teacher {teacher} was evaluated at precision {metrics['precision']!r} but this pipeline "
+                          f"evaluates at {precision!r} (train.precision): evaluate it first (kgdistill evaluate "
+                          f"--model {teacher} --split {split} train.precision={precision}) or set "
+                          f"train.precision={metrics['precision']}")
 
 
 def plan_inputs(config: RunConfig) -> tuple[int, SequenceLengths]:
@@ -89,7 +97,7 @@ def pipeline(config: RunConfig, output_dir: str | Path, progress: bool = True, t
     out.mkdir(parents=True, exist_ok=True)
     teacher = config.distill.teacher
     if teacher is not None:
-        check_teacher_evaluated(teacher, config.eval.split)
+        check_teacher_evaluated(teacher, config)
     depth, lengths = plan_inputs(config)
     stages = plan(config, depth, lengths=lengths)
     if any(stage.kind == "pmd" for stage in stages):

@@ -239,8 +239,10 @@ class Report(Result):
 
     def teacher_line(self) -> str:
         """The sentence above the table: what "% of teacher" is a percentage of."""
-        t, split = self.teacher, self.rows[0]["evaluation"]["split"]
-        return f"% of teacher: of `{t['run_dir']}` ({teacher_state(t)}); every row evaluated alike on {split}."
+        t, evaluation = self.teacher, self.rows[0]["evaluation"]
+        at = f" at {evaluation['precision']}" if evaluation.get("precision") else ""
+        return (f"% of teacher: of `{t['run_dir']}` ({teacher_state(t)}); every row evaluated alike on "
+                f"{evaluation['split']}{at}.")
 
     def plot(self) -> bytes:
         """PNG: MRR against parameters and against entity encoding speed, per kind of stage."""
