@@ -35,9 +35,10 @@ EVALUATION_KEYS = ("split", "num_triples", "num_entities", "filter", "tie_policy
 LATER_KEYS = ("precision",)
 
 
-def evaluation_mismatch(reference: dict, other: dict) -> str | None:
-    """The first of :data:`EVALUATION_KEYS` on which two evaluations (``metrics.json`` contents) differ, else None."""
-    return next((key for key in EVALUATION_KEYS if other.get(key) != reference.get(key)
+def evaluation_mismatch(reference: dict, other: dict, keys: tuple[str, ...] = EVALUATION_KEYS) -> str | None:
+    """The first of ``keys`` (default :data:`EVALUATION_KEYS`) on which two evaluations (``metrics.json`` contents)
+    differ, else None."""
+    return next((key for key in keys if other.get(key) != reference.get(key)
                  and not (key in LATER_KEYS and None in (other.get(key), reference.get(key)))), None)
 
 

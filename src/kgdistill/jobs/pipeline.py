@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..evaluation.ranking import evaluation_mismatch
 from ..models.plm import load_encoder, load_tokenizer, resolve_plm
 from ..pmd.plan import SequenceLengths, Stage, plan, sequence_lengths, stage_run_config
 from ..pmd.report import Report, build_report
@@ -62,7 +63,7 @@ def check_teacher_evaluated(teacher: str | Path, config: RunConfig) -> None:
                           f"evaluate it first (kgdistill evaluate --model {teacher} --split {split})"
                           f"{f' or set eval.split={evaluated}' if evaluated else ''}")
     precision = resolve_precision(config.train.precision, pick_device(config.train.device))
-    if metrics.get("precision", precision) != precision:
+    if evaluation_mismatch(metrics, {"precision": precision}, keys=("precision",)):
         raise ConfigError(f"teacher {teacher} was evaluated at precision {metrics['precision']!r} but this pipeline "
                           f"evaluates at {precision!r} (train.precision): evaluate it first (kgdistill evaluate "
                           f"--model {teacher} --split {split} train.precision={precision}) or set "
