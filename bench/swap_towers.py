@@ -8,6 +8,7 @@ the pair that keeps one tower at its best and the other at its last step says wh
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def crossed_mrr(run: Path, split: str) -> dict[str, float]:
     scores = {}
     for query in checkpoints:
         for entity in checkpoints:
-            model = BiEncoder.load(checkpoints[query])  # a fresh copy: its entity tower is replaced below
+            model = copy.deepcopy(models[query])  # a copy: its entity tower is replaced below
             model.tail_encoder = models[entity].tail_encoder
             result = evaluator.evaluate(model.to(device), progress=False)
             mrr = scores[f"query_{query}+entity_{entity}"] = result.to_dict()["no_rerank"]["both"]["mrr"] * 100

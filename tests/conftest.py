@@ -4,6 +4,7 @@ overrides or a trained run), a trained tiny run with its Predictor, and the help
 modules import from here and never from each other (``tests/layers/test_test_layout.py``)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -91,6 +92,14 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("KGDISTILL_CACHE", str(path))
     return path
 
+
+
+def load_bench(name: str):
+    """A script of ``bench/`` as a module (bench/ is not a package), for the tests that drive its functions."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # A config that trains in a second or two on the tiny KG and tiny BERT: the base of every test's run.
 TINY_CONFIG = {

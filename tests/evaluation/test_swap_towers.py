@@ -1,19 +1,8 @@
 """bench/swap_towers.py: its uncrossed pairs are the checkpoints themselves, scored as ``kgdistill evaluate`` scores
 them, and its crossed pairs use one checkpoint's query tower with the other's entity tower."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-from conftest import train_tiny
-
-
-def load_bench(name: str):
-    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_bench, train_tiny
 
 
 def test_crossed_towers_match_evaluate(tmp_path, tiny_kg, tiny_plm, tiny_config, cache_dir):

@@ -2,14 +2,12 @@
 fuzz (no 5xx), and the loopback load test script on a tiny model."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +16,7 @@ pytest.importorskip("httpx", reason="fastapi.testclient needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import train_tiny  # noqa: E402
+from conftest import load_bench, train_tiny  # noqa: E402
 from kgdistill.inference.batching import MicroBatcher  # noqa: E402
 from kgdistill.inference.predictor import Predictor, ResolvedQuery  # noqa: E402
 from kgdistill.inference.server import create_app  # noqa: E402
@@ -347,10 +345,7 @@ def test_schema_fuzz_never_5xx(predictor):
 
 # ---------------------------------------------------------------------------------------------------- load test script
 def _serve_load():
-    spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).parents[2] / "bench" / "serve_load.py")
-    serve_load = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve_load)
-    return serve_load
+    return load_bench("serve_load")
 
 
 @pytest.mark.slow
