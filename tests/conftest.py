@@ -93,13 +93,13 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     return path
 
 
-
 def load_bench(name: str):
     """A script of ``bench/`` as a module (bench/ is not a package), for the tests that drive its functions."""
     spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
 
 # A config that trains in a second or two on the tiny KG and tiny BERT: the base of every test's run.
 TINY_CONFIG = {
