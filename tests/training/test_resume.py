@@ -193,7 +193,8 @@ def test_resume_with_a_different_schedule_is_refused(env, baseline):
 
 
 def test_resume_gives_identical_weights(tiny_config, tmp_path, monkeypatch):
-    """Interrupt after a checkpoint, resume, and compare with an uninterrupted run bit for bit."""
+    """Interrupt after a checkpoint, resume, and compare with an uninterrupted run bit for bit; the resumed run's
+    summary counts the earlier process's training time."""
     from kgdistill.api import train
     from kgdistill.training import trainer as trainer_module
 
@@ -214,8 +215,12 @@ def test_resume_gives_identical_weights(tiny_config, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "cut", evaluate_after=False, progress=False)
     monkeypatch.setattr(trainer_module.Trainer, "save", original)
-    assert json.loads((tmp_path / "cut/checkpoint-last/trainer_state/state.json").read_text())["progress"]["step"] == 4
+    progress = json.loads((tmp_path / "cut/checkpoint-last/trainer_state/state.json").read_text())["progress"]
+    assert progress["step"] == 4 and progress["seconds"] > 0
     train(config, tmp_path / "cut", resume=True, evaluate_after=False, progress=False)
+    summary = json.loads((tmp_path / "cut/train_summary.json").read_text(encoding="utf-8"))
+    # the summary's time counts the 4 steps before the kill too, not only the 2 the resumed process ran
+    assert summary["steps"] == 6 and summary["seconds"] > progress["seconds"]
     a = load_file(str(tmp_path / "full/checkpoint-last/model.safetensors"))
     b = load_file(str(tmp_path / "cut/checkpoint-last/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

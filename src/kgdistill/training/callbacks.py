@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainerState:
-    """Where training is, saved in checkpoints (``step``, ``best_valid``, ``skipped``, ``last_loss``) and read by
-    callbacks."""
+    """Where training is, saved in checkpoints (``step``, ``best_valid``, ``skipped``, ``last_loss``, ``seconds``)
+    and read by callbacks."""
 
     step: int = 0  # steps done in all (a resumed run counts the earlier ones)
     total_steps: int = 0
@@ -36,6 +36,9 @@ class TrainerState:
     skipped: int = 0  # batches skipped for a non-finite loss
     # the loss of the last step done; a run resumed from its final checkpoint reports it as its final loss
     last_loss: float | None = None
+    # wall-clock seconds of training up to ``step``, summed over the processes of a resumed run (the time a killed
+    # process spent past its last checkpoint is not counted: those steps are redone)
+    seconds: float = 0.0
 
 
 @dataclass

@@ -68,7 +68,8 @@ def step_seed(seed: int, step: int) -> int:
 @dataclass
 class TrainResult(Result):
     """One training run's summary (``train_summary.json``): steps done, time, speed, last loss, best validation
-    accuracy@1 and the batches skipped for a non-finite loss."""
+    accuracy@1 and the batches skipped for a non-finite loss. ``steps`` and ``seconds`` count every process of a
+    resumed run; ``samples_per_second`` is the last process's speed."""
 
     steps: int
     seconds: float
@@ -110,6 +111,7 @@ class Trainer:
                  ranker: Callable[[BiEncoder], dict[str, float]] | None = None):
         self.callbacks = list(callbacks or [])  # after the trainer's own: JSONL log, progress bar, checkpointing
         self._running: list[Callback] | None = None  # all of them, while train() runs
+        self._clock: tuple[float, float] | None = None  # train()'s start: (perf_counter, state.seconds then)
         self.run_dir = Path(run_dir)
         self.config = config
         self.objective = objective
@@ -181,8 +183,9 @@ class Trainer:
         """Write ``checkpoint-last`` (with the training state, for resume) or ``checkpoint-best`` (the model alone)."""
         if self.rank != 0:
             return
+        self._tick()
         progress = {"step": self.state.step, "best_valid": self.state.best_valid, "skipped": self.state.skipped,
-                    "last_loss": self.state.last_loss, "total_steps": self.total_steps}
+                    "last_loss": self.state.last_loss, "total_steps": self.total_steps, "seconds": self.state.seconds}
 
         def extra(folder: Path) -> None:
             save_training_state(folder, self.optimizer, self.scheduler, self._objective_state(), progress)
@@ -191,6 +194,12 @@ class Trainer:
                                   extra=extra if name == RunFolder.LAST else None)
         for callback in self.callbacks_in_use:
             callback.on_save(self, name, self.run_dir / name)
+
+    def _tick(self) -> None:
+        """Bring ``state.seconds`` up to now: the earlier processes' seconds plus this one's since :meth:`train`."""
+        if self._clock is not None:
+            started, before = self._clock
+            self.state.seconds = before + time.perf_counter() - started
 
     def resume(self) -> bool:
         """Restore the last checkpoint if there is one; returns whether training resumed."""
@@ -220,6 +229,7 @@ class Trainer:
         self.state.best_valid = progress["best_valid"]
         self.state.skipped = int(progress["skipped"])
         self.state.last_loss = progress.get("last_loss")  # absent from checkpoints written before it was saved
+        self.state.seconds = float(progress.get("seconds", 0.0))  # likewise: such a resume counts from zero
         return True
 
     # ------------------------------------------------------------------ validation
@@ -304,6 +314,7 @@ class Trainer:
         state.total_steps = self.total_steps
         self.control.should_stop = False
         start_time, start_step, window = time.perf_counter(), state.step, []
+        self._clock = (start_time, state.seconds)
         result = None
         try:
             for callback in self._running:
@@ -339,12 +350,13 @@ class Trainer:
                     self.control.should_save = True  # a stopped run ends on a checkpoint that records the stop
                 self._act()
             seconds = time.perf_counter() - start_time
+            self._tick()
             done = state.step - start_step
             final_loss = state.last_loss if state.last_loss is not None else float("nan")
-            result = TrainResult(state.step, seconds, done * self.batch_size / max(seconds, 1e-9), final_loss,
+            result = TrainResult(state.step, state.seconds, done * self.batch_size / max(seconds, 1e-9), final_loss,
                                  state.best_valid, state.skipped)
         finally:
-            running, self._running = self._running, None
+            running, self._running, self._clock = self._running, None, None
             for callback in running:
                 callback.on_train_end(self, result)
         if self.rank == 0:
