@@ -28,7 +28,7 @@ def keep_records(source: Path, destination: Path, only: list[str] | None = None)
     tops = [source / name for name in only] if only else [source]
     missing = [str(top) for top in tops if not top.exists()]
     if missing:
-        raise SystemExit(f"keep_records: no such folder: {', '.join(missing)}")
+        raise SystemExit(f"keep_records: not found: {', '.join(missing)}")
     written = []
     for top in tops:
         files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
